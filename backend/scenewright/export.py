@@ -1,0 +1,72 @@
+"""Write a generation result as the service and the CLI hand it out: one GLB + one JSON.
+
+The GLB has one named node per instance (its mesh in local coordinates, origin at
+the bottom centre, and the node's matrix placing it). glTF is +Y up, so scene
+coordinates (Blender's +Z up) are converted on the way out; Blender's glTF
+importer converts them back. The JSON (protocol.ResultManifest) carries the
+same transforms in Blender's convention, plus ids, labels, camera and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from .pipeline import GenerationResult
+from .protocol import InstanceRecord, ResultManifest
+
+# Blender (+Z up) -> glTF (+Y up): (x, y, z) -> (x, z, -y)
+BLENDER_TO_GLTF = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
+
+
+def node_name(instance_id: int, label: str | None) -> str:
+    """Stable, unique node names: the add-on names objects after them."""
+    return f"{label}_{instance_id}" if label else f"instance_{instance_id}"
+
+
+def write_glb(result: GenerationResult, path: Path) -> None:
+    scene = trimesh.Scene()
+    root = BLENDER_TO_GLTF
+    for inst in result.instances:
+        if inst.empty:
+            continue
+        # Mesh data is stored in glTF axes; the node matrix is the Blender transform conjugated into glTF axes.
+        vertices = inst.vertices @ root[:3, :3].T
+        mesh = trimesh.Trimesh(vertices=vertices, faces=inst.faces, process=False)
+        matrix = root @ inst.transform @ np.linalg.inv(root)
+        name = node_name(inst.id, inst.label)
+        scene.add_geometry(mesh, node_name=name, geom_name=name, transform=matrix)
+    _atomic_write(path, scene.export(file_type="glb"))
+
+
+def build_manifest(result: GenerationResult, job_id: str, model: str | None = None) -> ResultManifest:
+    records = []
+    for inst in result.instances:
+        bounds = None if inst.empty else [inst.vertices.min(0).tolist(), inst.vertices.max(0).tolist()]
+        records.append(InstanceRecord(
+            id=inst.id, node=node_name(inst.id, inst.label), label=inst.label,
+            transform=np.asarray(inst.transform, dtype=float).tolist(), bounds=bounds,
+            support=result.supports.get(inst.id), empty=inst.empty,
+        ))
+    return ResultManifest(job_id=job_id, instances=records, settings=result.settings.to_dict(), frame=result.frame,
+                          camera=result.camera, timings=result.timings, model=model)
+
+
+def export_result(result: GenerationResult, folder: Path, job_id: str, model: str | None = None) -> tuple[Path, Path]:
+    """Write result.glb and result.json into `folder`; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    glb_path, json_path = folder / "result.glb", folder / "result.json"
+    write_glb(result, glb_path)
+    manifest = build_manifest(result, job_id, model)
+    _atomic_write(json_path, json.dumps(manifest.to_dict(), indent=1).encode())
+    return glb_path, json_path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

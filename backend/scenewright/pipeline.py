@@ -1,0 +1,303 @@
+"""The multi-instance scene pipeline: image + instance masks -> placed meshes.
+
+Stages: preprocess (MIDI conditions) -> encode (CLIP + 7-channel DINOv2) ->
+denoise (all instances and both CFG halves in one batched DiT call per step,
+multi-instance attention in the chosen blocks) -> decode (VAE field,
+coarse-to-fine marching cubes) -> place (camera solve, ground, scale).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .masks import InstanceMask, MaskError, instances_from_seg
+from .protocol import MAX_INSTANCES, GenerationSettings
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+
+# model_index.json key with our pipeline options; a folder without it is a MIDI-3D checkpoint.
+OPTIONS_KEY = "_scenewright"
+
+
+class GenerationCancelled(Exception):
+    """should_cancel() turned true; raised between sampler steps."""
+
+
+@dataclass
+class PipelineOptions:
+    """Per-model sampling defaults and conventions, stored in model_index.json under OPTIONS_KEY."""
+
+    frame: str = "midi"  # native output frame of the model: "view" (PROTOCOL.md section 3) or "midi"
+    num_tokens: int | None = None  # latent tokens per instance; None = transformer width (MIDI's quirk)
+    steps: int = 50
+    guidance_scale: float = 7.0
+    mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
+    attention_mode: str = "multi_instance"
+    bbox: float = 1.005  # the decoder field is meshed in [-bbox, bbox]^3
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "PipelineOptions":
+        data = data or {}
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class GeneratedInstance:
+    """One object: a mesh in its own local frame and the matrix that places it in the scene."""
+
+    id: int
+    label: str | None
+    vertices: np.ndarray  # (V, 3) float32, local frame (origin at the bottom centre once placed)
+    faces: np.ndarray  # (F, 3) int32
+    transform: np.ndarray = field(default_factory=lambda: np.eye(4))  # local -> scene (Blender matrix_world)
+
+    @property
+    def empty(self) -> bool:
+        return len(self.faces) == 0
+
+    def scene_vertices(self) -> np.ndarray:
+        """Vertices in the scene frame (+Z up, +Y away from the camera: the view frame up to scale and origin)."""
+        return (self.vertices @ self.transform[:3, :3].T + self.transform[:3, 3]).astype(np.float32)
+
+
+@dataclass
+class GenerationResult:
+    instances: list[GeneratedInstance]
+    settings: GenerationSettings
+    frame: dict[str, Any]
+    camera: dict[str, Any] | None = None  # protocol.CameraSpec dict in the scene frame, when solved
+    supports: dict[int, int | None] = field(default_factory=dict)  # instance id -> id it rests on (None: ground)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return names[dtype]
+
+
+class ScenePipeline:
+    """Holds the components of one model and runs generation; see the module docstring."""
+
+    def __init__(self, components: dict[str, Any], options: PipelineOptions, source: str = "") -> None:
+        self.transformer = components["transformer"]
+        self.vae = components["vae"]
+        self.scheduler = components["scheduler"]
+        self.image_encoder_1 = components["image_encoder_1"]
+        self.image_encoder_2 = components["image_encoder_2"]
+        self.feature_extractor_1 = components["feature_extractor_1"]
+        self.feature_extractor_2 = components["feature_extractor_2"]
+        self.options = options
+        self.source = source
+        for module in (self.transformer, self.vae, self.image_encoder_1, self.image_encoder_2):
+            module.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> "ScenePipeline":
+        """Load a model folder or hub repo id (see loading.resolve_source); "default" is the shipped model."""
+        from .loading import load_components, read_model_index, resolve_source
+
+        dev = resolve_device(device)
+        folder = resolve_source(default_model_path() if str(source) == "default" else source)
+        components = load_components(folder, dtype=resolve_dtype(dtype, dev), device=dev)
+        options = PipelineOptions.from_dict(read_model_index(folder).get(OPTIONS_KEY))
+        return cls(components, options, source=str(source))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # ---- stages -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_conditions(self, image: Image.Image, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instance RGB -> CLIP embedding (N, 1, D1); [instance RGB, scene RGB, mask] -> DINOv2 tokens (N, L, D2)."""
+        from .image_processing import build_conditions
+
+        clip_pixels, dino_pixels = build_conditions(image, list(masks), self.feature_extractor_1, self.feature_extractor_2)
+        enc_dtype = next(self.image_encoder_1.parameters()).dtype
+        emb1 = self.image_encoder_1(clip_pixels.to(self.device, enc_dtype)).unsqueeze(1)
+        emb2 = self.image_encoder_2(dino_pixels.to(self.device, enc_dtype))
+        return emb1.to(self.dtype), emb2.to(self.dtype)
+
+    def prepare_latents(self, num_instances: int, seed: int) -> torch.Tensor:
+        """Independent noise per instance, drawn on the CPU in float32 so results match across devices."""
+        config = self.transformer.config
+        tokens = self.options.num_tokens or config.width
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn((num_instances, tokens, config.in_channels), generator=generator, dtype=torch.float32)
+        return latents.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        emb1: torch.Tensor,
+        emb2: torch.Tensor | None,
+        steps: int,
+        guidance_scale: float,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> torch.Tensor:
+        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step, CFG."""
+        num_instances = latents.shape[0]
+        cfg = guidance_scale > 1.0
+        if cfg:  # unconditional rows first, exact zeros as in MIDI
+            emb1 = torch.cat([torch.zeros_like(emb1), emb1])
+            emb2 = None if emb2 is None else torch.cat([torch.zeros_like(emb2), emb2])
+        self.scheduler.set_timesteps(steps)
+        for i, t in enumerate(self.scheduler.timesteps):
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled()
+            model_in = torch.cat([latents, latents]) if cfg else latents
+            timestep = t.to(self.device).expand(model_in.shape[0])
+            velocity = self.transformer(model_in, timestep, emb1, emb2, num_instances=num_instances)
+            if cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(velocity, t, latents)
+            if progress is not None:
+                progress("denoise", i + 1, steps)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, resolution: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """VAE field of every instance at once -> one mesh per instance (None when the field has no surface)."""
+        from .meshing import extract_meshes
+
+        kv = self.vae.decoder_kv(latents)
+
+        def field_fn(points: torch.Tensor) -> torch.Tensor:
+            return self.vae.query(kv, points.to(self.device, kv.dtype)).float()
+
+        bound = self.options.bbox
+        extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-bound,) * 3, (bound,) * 3)
+        return [None if m is None else (m.vertices, m.faces) for m in extraction.meshes]
+
+    # ---- the whole job ------------------------------------------------------------------
+
+    def generate(
+        self,
+        image: Image.Image | np.ndarray,
+        masks: Sequence[InstanceMask] | Image.Image | np.ndarray,
+        settings: GenerationSettings | None = None,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        labels: dict[int, str] | None = None,
+    ) -> GenerationResult:
+        settings = settings or GenerationSettings()
+        report = progress or (lambda stage, step, total: None)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        report("preprocess", 0, 1)
+        scene = _as_rgb(image)
+        instances = _as_instances(masks, scene.size)
+        timings["preprocess"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        report("encode", 0, 1)
+        emb1, emb2 = self.encode_conditions(scene, [m.mask for m in instances])
+        timings["encode"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        self.transformer.set_attention_layout(self._mi_blocks(settings), self.options.attention_mode)
+        latents = self.prepare_latents(len(instances), settings.seed)
+        steps = settings.steps or self.options.steps
+        guidance = self.options.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
+        latents = self.denoise(latents, emb1, emb2, steps, guidance, report, should_cancel)
+        timings["denoise"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        report("decode", 0, 1)
+        meshes = self.decode(latents, settings.mesh_resolution)
+        timings["decode"] = time.perf_counter() - clock
+
+        labels = labels or {}
+        generated = [
+            GeneratedInstance(inst.id, labels.get(inst.id), *_to_view_frame(mesh, self.options.frame))
+            for inst, mesh in zip(instances, meshes)
+        ]
+        frame = {"name": "view", "up": "+Z", "forward": "+Y", "right": "+X", "native": self.options.frame}
+        return GenerationResult(generated, settings, frame, timings=timings)
+
+    def _mi_blocks(self, settings: GenerationSettings) -> list[int]:
+        blocks = settings.mi_blocks
+        if blocks is None:
+            blocks = self.options.mi_blocks if self.options.mi_blocks is not None else self.transformer.default_mi_blocks()
+        num_layers = self.transformer.config.num_layers
+        bad = [b for b in blocks if b >= num_layers]
+        if bad:
+            raise ValueError(f"mi_blocks {bad} do not exist: this model has blocks 0..{num_layers - 1}")
+        return list(blocks)
+
+
+def default_model_path() -> Path:
+    """The model this project trains and ships, inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "default-model"
+
+
+def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if image.mode == "RGBA":  # transparent pixels become white, the background MIDI expects
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _as_instances(masks: Sequence[InstanceMask] | Image.Image | np.ndarray, size: tuple[int, int]) -> list[InstanceMask]:
+    instances = list(masks) if isinstance(masks, (list, tuple)) else instances_from_seg(masks)
+    width, height = size
+    for inst in instances:
+        if inst.mask.shape != (height, width):
+            raise MaskError(f"mask of instance {inst.id} is {inst.mask.shape[1]}x{inst.mask.shape[0]} but the image is {width}x{height}")
+    instances = [inst for inst in instances if inst.mask.any()]
+    if not instances:
+        raise MaskError("no instances: the segmentation has no non-zero (non-background) pixels")
+    if len(instances) > MAX_INSTANCES:
+        raise MaskError(f"{len(instances)} instances found; at most {MAX_INSTANCES} are supported")
+    return instances
+
+
+def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str) -> tuple[np.ndarray, np.ndarray]:
+    if mesh is None:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+    vertices, faces = mesh
+    if native_frame == "midi":
+        from .placement import MIDI_TO_VIEW
+
+        vertices = vertices @ MIDI_TO_VIEW[:3, :3].T + MIDI_TO_VIEW[:3, 3]
+    return vertices.astype(np.float32), faces.astype(np.int32)
