@@ -87,3 +87,67 @@ def view_frame_transform(matrix_world: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     out[:3, :3] = view_frame_rotation(matrix_world)
     return out
+
+
+def render_silhouettes(meshes: list[tuple[np.ndarray, np.ndarray] | None], camera: Camera) -> np.ndarray:
+    """Silhouette of each mesh alone (no occlusion by the others) -> (N, H, W) bool.
+
+    A pixel is covered when its centre (column + 0.5, row + 0.5) lies inside a
+    projected triangle (edges included). Scanline fill, vectorised over all
+    (triangle, pixel row) pairs: each pair adds one covered span to a per-row
+    difference array, whose running sum is positive exactly on the union of
+    spans. Triangles with a vertex at or behind the camera plane are skipped,
+    so a mesh must lie in front of the camera. Empty meshes (None or no faces)
+    give empty silhouettes.
+    """
+    width, height = camera.resolution
+    diff = np.zeros((len(meshes), height, width + 1), dtype=np.int32)
+    tris, owners = [], []
+    for index, mesh in enumerate(meshes):
+        if mesh is None or len(mesh[1]) == 0:
+            continue
+        vertices, faces = np.asarray(mesh[0], dtype=np.float64), np.asarray(mesh[1], dtype=np.int64)
+        pixels, depth = camera.project(vertices)
+        corners = pixels[faces]  # (F, 3, 2) columns, rows
+        visible = (depth[faces] > 1e-9).all(axis=1)
+        tris.append(corners[visible])
+        owners.append(np.full(int(visible.sum()), index, dtype=np.int64))
+    if tris:
+        _fill_triangles(np.concatenate(tris), np.concatenate(owners), diff)
+    return np.cumsum(diff[:, :, :width], axis=2) > 0
+
+
+def _fill_triangles(corners: np.ndarray, owners: np.ndarray, diff: np.ndarray) -> None:
+    """Add the covered column span of every (triangle, row) pair to `diff` (N, H, W + 1) in place."""
+    _, height, width_plus = diff.shape
+    width = width_plus - 1
+    rows_of = corners[:, :, 1]
+    # Rows r whose centre r + 0.5 lies within the triangle's vertical extent.
+    first = np.clip(np.ceil(rows_of.min(axis=1) - 0.5), 0, height).astype(np.int64)
+    last = np.clip(np.floor(rows_of.max(axis=1) - 0.5), -1, height - 1).astype(np.int64)
+    counts = np.maximum(last - first + 1, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return
+    tri = np.repeat(np.arange(len(corners)), counts)
+    starts = np.cumsum(counts) - counts
+    row = first[tri] + (np.arange(total) - starts[tri])
+    y = row + 0.5
+    # Intersect the row's centre line with the three edges; keep the crossings.
+    a = corners[tri]  # (K, 3, 2)
+    b = np.roll(a, -1, axis=1)
+    ya, yb = a[:, :, 1], b[:, :, 1]
+    lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
+    crosses = (y[:, None] >= lo) & (y[:, None] <= hi) & (hi > lo)
+    t = np.divide(y[:, None] - ya, yb - ya, out=np.zeros_like(ya), where=hi > lo)
+    x = a[:, :, 0] + t * (b[:, :, 0] - a[:, :, 0])
+    x_left = np.where(crosses, x, np.inf).min(axis=1)
+    x_right = np.where(crosses, x, -np.inf).max(axis=1)
+    # Columns c whose centre c + 0.5 lies in [x_left, x_right].
+    c0 = np.clip(np.ceil(x_left - 0.5), 0, width).astype(np.int64)
+    c1 = np.clip(np.floor(x_right - 0.5) + 1, 0, width).astype(np.int64)
+    keep = c1 > c0
+    base = (owners[tri[keep]] * height + row[keep]) * width_plus
+    flat = diff.reshape(-1)
+    flat += np.bincount(base + c0[keep], minlength=flat.size).astype(np.int32)
+    flat -= np.bincount(base + c1[keep], minlength=flat.size).astype(np.int32)
