@@ -8,7 +8,10 @@ build vendors a copy of this very file (the add-on never imports torch).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -18,6 +21,17 @@ RESULT_FORMAT = "scenewright-result/1"
 # The service writes this file into its data dir on start so that a client can find it.
 STATE_FILE_NAME = "service.json"
 TOKEN_ENV_VAR = "SCENEWRIGHT_TOKEN"
+
+
+def default_data_dir() -> Path:
+    """Where the service keeps jobs and STATE_FILE_NAME unless told otherwise; the add-on looks there too."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "scenewright"
 
 # Limits shared by both sides: the add-on checks them before uploading,
 # the service enforces them and answers 4xx.

@@ -1,0 +1,185 @@
+"""The HTTP API (FastAPI): thin handlers over JobManager and ModelManager.
+
+Routes are exactly protocol.ENDPOINTS. Every error answers {"detail": "<what
+to fix>"} with a 4xx status; refused inputs are checked completely in memory
+before a job folder exists, so nothing is written for them.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..protocol import API_PREFIX, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, HealthInfo, JobStatus
+from .auth import AccessMiddleware, AccessPolicy, send_json
+from .inputs import InputError, parse_submission
+from .jobs import JobConflict, JobManager
+from .model_manager import ModelLoadError, ModelManager, UnknownModel
+from .storage import RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
+
+
+class LoadModelRequest(BaseModel):
+    model: str = Field(min_length=1, max_length=512, description="'default', a model folder on the service's machine, or a hub repo id")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `limit` bytes (declared or streamed) before the app sees them.
+
+    The body is buffered in memory (at most `limit` bytes), so an oversized
+    upload is refused without a byte reaching the disk.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"upload too large: at most {self.limit // 2**20} MiB per request; send a smaller image or seg map"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await send_json(send, 413, {"detail": too_large})
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await send_json(send, 413, {"detail": too_large})
+                return
+            if not message.get("more_body", False):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)
+
+
+def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy) -> FastAPI:
+    """The service app; the worker thread runs between the app's startup and shutdown."""
+    store = JobStore(data_dir)
+    jobs = JobManager(store, models)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        yield
+        await run_in_threadpool(jobs.stop)
+
+    app = FastAPI(
+        title="scenewright service", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        description="Local generation service of scenewright. Every request needs 'Authorization: Bearer <token>'.",
+    )
+    router = APIRouter(prefix=API_PREFIX)
+
+    def health() -> HealthInfo:
+        return HealthInfo(status="ok", protocol_version=PROTOCOL_VERSION, version=__version__,
+                          model=models.loaded, device=models.device, memory=models.memory())
+
+    @router.get("/health", response_model=HealthInfo)
+    def get_health() -> HealthInfo:
+        return health()
+
+    @router.get("/models")
+    def list_models() -> dict:
+        return models.listing()
+
+    @router.post("/models/load", response_model=HealthInfo)
+    def load_model(body: LoadModelRequest) -> HealthInfo:
+        models.pipeline(models.register(body.model))
+        return health()
+
+    @router.post("/models/unload", response_model=HealthInfo)
+    def unload_model() -> HealthInfo:
+        models.unload()
+        return health()
+
+    @router.post("/jobs", status_code=202, response_model=JobStatus)
+    async def submit_job(
+        image: UploadFile = File(description="the reference image (PNG or any common format)"),
+        seg: UploadFile | None = File(None, description="seg map, MIDI convention: each non-black gray value is one instance"),
+        masks: list[UploadFile] | None = File(None, description="one mask per instance (white = the object); instead of seg"),
+        settings: str = Form("", description="GenerationSettings as JSON text, e.g. {\"steps\": 30, \"seed\": 1}"),
+    ) -> JobStatus:
+        image_bytes = await image.read()
+        seg_bytes = None if seg is None else await seg.read()
+        mask_bytes = [await m.read() for m in masks or []]
+        submission = await run_in_threadpool(parse_submission, image_bytes, seg_bytes, mask_bytes, settings)
+        if submission.settings.model is not None and not models.is_known(submission.settings.model):
+            raise InputError(
+                f"unknown model {submission.settings.model!r}; known models: {sorted(m['id'] for m in models.listing()['models'])}. "
+                "Load another one first with POST /v1/models/load"
+            )
+        return await run_in_threadpool(jobs.submit, submission)
+
+    @router.get("/jobs")
+    def list_jobs() -> dict:
+        return {"jobs": [s.to_dict() for s in jobs.list()]}
+
+    @router.get("/jobs/{job_id}", response_model=JobStatus)
+    def get_job(job_id: str) -> JobStatus:
+        return jobs.get(job_id)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
+    def cancel_job(job_id: str) -> JobStatus:
+        return jobs.cancel(job_id)
+
+    @router.get("/jobs/{job_id}/result.glb", response_class=FileResponse)
+    def result_glb(job_id: str) -> FileResponse:
+        return FileResponse(jobs.result_path(job_id, RESULT_GLB), media_type="model/gltf-binary", filename=f"{job_id}.glb")
+
+    @router.get("/jobs/{job_id}/result.json", response_class=FileResponse)
+    def result_json(job_id: str) -> FileResponse:
+        return FileResponse(jobs.result_path(job_id, RESULT_JSON), media_type="application/json")
+
+    app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_UPLOAD_BYTES)
+    app.add_middleware(AccessMiddleware, policy=policy)  # added last = runs first
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def detail(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return detail(exc.status, str(exc))
+
+    @app.exception_handler(UnknownJob)
+    async def unknown_job(_: Request, exc: UnknownJob) -> JSONResponse:
+        return detail(404, f"no job with id {exc.args[0]!r} (ids are 32 lowercase hex characters, see GET {API_PREFIX}/jobs)")
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return detail(409, str(exc))
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(_: Request, exc: UnknownModel) -> JSONResponse:
+        return detail(404, str(exc))
+
+    @app.exception_handler(ModelLoadError)
+    async def model_load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
+        return detail(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        return detail(422, f"invalid request: {problems}")

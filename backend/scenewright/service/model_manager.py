@@ -1,0 +1,155 @@
+"""The models a service knows, and the one pipeline it keeps in (GPU) memory.
+
+Only one model is loaded at a time: loading another one, or unloading, first
+waits for the running job (they share `gpu_lock` with the worker) and then
+frees the old weights, so GPU memory really comes back without a restart.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..pipeline import ScenePipeline, default_model_path, resolve_device
+
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+OOM_MESSAGE = (
+    "out of GPU memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
+    "run the service with --dtype bf16, or free memory (close other GPU programs, or unload models "
+    "with POST /v1/models/unload)"
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; MPS and some CUDA paths raise a RuntimeError saying so."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    return OOM_MESSAGE.format(detail=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A known model could not be loaded (broken folder, out of memory); the message says why."""
+
+
+class UnknownModel(LookupError):
+    """The model name is neither known to the service nor a model folder or hub repo; the message says what to do."""
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    source: str
+
+
+class ModelManager:
+    """Known model ids -> sources; loads one ScenePipeline on demand."""
+
+    def __init__(self, initial: str, device: str = "auto", dtype: str | None = None) -> None:
+        self.device = str(resolve_device(device))
+        self.dtype = dtype
+        self.gpu_lock = threading.RLock()
+        self._known: dict[str, ModelEntry] = {}
+        self._pipeline: ScenePipeline | None = None
+        self._loaded: str | None = None
+        if default_model_path().is_dir():
+            self._known["default"] = ModelEntry("default", str(default_model_path()))
+        self.default_id = self.register(initial)
+
+    @staticmethod
+    def normalize(name: str) -> str:
+        """The id under which a model name is known: local folders by their absolute path."""
+        path = Path(name).expanduser()
+        return str(path.resolve()) if name != "default" and path.exists() else name
+
+    def is_known(self, name: str) -> bool:
+        return self.normalize(name) in self._known
+
+    def register(self, name: str) -> str:
+        """Make a model folder or hub repo id known (without loading it); returns its id."""
+        model_id = self.normalize(name)
+        if model_id in self._known:
+            return model_id
+        path = Path(model_id)
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise UnknownModel(f"{name!r} is a folder but not a model folder (no model_index.json in it)")
+            self._known[model_id] = ModelEntry(model_id, model_id)
+            return model_id
+        if model_id == "default":
+            raise UnknownModel(f"the default model is not installed (expected at {default_model_path()})")
+        if not HUB_ID_PATTERN.fullmatch(model_id):
+            raise UnknownModel(
+                f"unknown model {name!r}: use 'default', a model folder on the service's machine, "
+                f"or a hub repo id such as VAST-AI/MIDI-3D (known: {sorted(self._known)})"
+            )
+        from ..loading import resolve_source
+
+        try:
+            resolve_source(model_id)  # fetches or finds the snapshot now, so a bad id fails here and not in a job
+        except Exception as exc:  # hub errors come in many types; all mean "cannot use this id"
+            raise UnknownModel(f"cannot get model {name!r} from the hub: {exc}") from exc
+        self._known[model_id] = ModelEntry(model_id, model_id)
+        return model_id
+
+    @property
+    def loaded(self) -> str | None:
+        return self._loaded
+
+    def listing(self) -> dict[str, Any]:
+        models = [{"id": e.id, "source": e.source, "loaded": e.id == self._loaded} for e in self._known.values()]
+        return {"models": models, "loaded": self._loaded, "default": self.default_id}
+
+    def pipeline(self, name: str | None = None) -> ScenePipeline:
+        """The pipeline for `name` (default: the service's model), loading it if another one is in memory."""
+        model_id = self.normalize(name) if name else self.default_id
+        with self.gpu_lock:
+            if self._pipeline is None or self._loaded != model_id:
+                if model_id not in self._known:
+                    raise UnknownModel(f"unknown model {name!r}; load it first with POST /v1/models/load")
+                self.unload()
+                source = self._known[model_id].source
+                try:
+                    self._pipeline = ScenePipeline.from_pretrained(source, device=self.device, dtype=self.dtype)
+                except Exception as exc:  # loading fails in many ways; all leave the service without a model
+                    release_memory()
+                    reason = out_of_memory_message(exc) if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
+                    raise ModelLoadError(f"cannot load model {model_id!r}: {reason}") from exc
+                self._loaded = model_id
+            return self._pipeline
+
+    def unload(self) -> None:
+        """Drop the loaded weights and hand cached GPU memory back to the driver."""
+        with self.gpu_lock:
+            self._pipeline = None
+            self._loaded = None
+            release_memory()
+
+    def memory(self) -> dict[str, float]:
+        gib = float(2**30)
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            return {
+                "allocated_gb": torch.cuda.memory_allocated() / gib,
+                "reserved_gb": torch.cuda.memory_reserved() / gib,
+                "free_gb": free / gib,
+                "total_gb": total / gib,
+            }
+        if self.device == "mps":
+            return {"allocated_gb": torch.mps.current_allocated_memory() / gib}
+        return {}
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

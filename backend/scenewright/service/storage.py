@@ -1,0 +1,110 @@
+"""Per-job folders under the data dir, so finished jobs outlive the process.
+
+Layout: <data-dir>/jobs/<job_id>/ holds the uploaded inputs, status.json
+(rewritten atomically on every change), result.glb and result.json. Job ids
+are generated here and every id coming from a client is checked against a
+strict pattern before it is joined to a path, so no id can address a file
+outside the data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..protocol import JobStatus
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+STATUS_FILE = "status.json"
+RESULT_GLB = "result.glb"
+RESULT_JSON = "result.json"
+INTERRUPTED_MESSAGE = "the service stopped while this job was running; submit it again"
+
+
+class UnknownJob(KeyError):
+    """No job with this id (or the id is malformed, which is reported the same way)."""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=1).encode("utf-8"))
+
+
+class JobStore:
+    """Job folders on disk; the only code that turns a job id into a path."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.jobs_dir = Path(data_dir) / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+            raise UnknownJob(job_id)
+        return self.jobs_dir / job_id
+
+    def create(self, status: JobStatus, inputs: dict[str, bytes]) -> None:
+        """Make the job folder with its input files and first status (inputs are validated before)."""
+        folder = self.job_dir(status.job_id)
+        folder.mkdir(parents=True, exist_ok=False)
+        for name, data in inputs.items():
+            write_atomic(folder / name, data)
+        self.write_status(status)
+
+    def write_status(self, status: JobStatus) -> None:
+        write_json_atomic(self.job_dir(status.job_id) / STATUS_FILE, status.to_dict())
+
+    def read_status(self, job_id: str) -> JobStatus:
+        path = self.job_dir(job_id) / STATUS_FILE
+        try:
+            return JobStatus.from_dict(json.loads(path.read_text("utf-8")))
+        except FileNotFoundError as exc:
+            raise UnknownJob(job_id) from exc
+
+    def read_input(self, job_id: str, name: str) -> bytes:
+        return (self.job_dir(job_id) / name).read_bytes()
+
+    def result_path(self, job_id: str, name: str) -> Path:
+        return self.job_dir(job_id) / name
+
+    def list_statuses(self) -> list[JobStatus]:
+        """All readable jobs, newest first."""
+        if not self.jobs_dir.is_dir():
+            return []
+        out = []
+        for entry in self.jobs_dir.iterdir():
+            if JOB_ID_PATTERN.fullmatch(entry.name) and (entry / STATUS_FILE).is_file():
+                try:
+                    out.append(self.read_status(entry.name))
+                except (ValueError, TypeError, OSError):
+                    continue  # a damaged status file must not hide the other jobs
+        out.sort(key=lambda s: s.created_at, reverse=True)
+        return out
+
+    def fail_interrupted(self) -> list[str]:
+        """On start: jobs left queued/running by a dead process become failed, with the reason."""
+        failed = []
+        for status in self.list_statuses():
+            if status.state in ("queued", "running"):
+                status.state = "failed"
+                status.message = INTERRUPTED_MESSAGE
+                status.finished_at = time.time()
+                self.write_status(status)
+                failed.append(status.job_id)
+        return failed
