@@ -132,11 +132,13 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
     except LocalEntryNotFoundError as exc:
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+        if constants.HF_HUB_OFFLINE:
+            why, fix = "HF_HUB_OFFLINE is set", f"download it once with network access (`hf download {repo_id}`)"
+        else:
+            why, fix = "the hub could not be reached", "connect to the network and retry"
         raise ModelLoadError(
-            f"{repo_id} is not in the Hugging Face cache at {constants.HF_HUB_CACHE} and {why}. "
-            f"Download it once with network access (`hf download {repo_id}`, or run this again without "
-            f"HF_HUB_OFFLINE), point HF_HUB_CACHE/HF_HOME at a cache that holds it, {alternatives}."
+            f"{repo_id} is not in the Hugging Face cache at {constants.HF_HUB_CACHE} and {why}: {fix}, "
+            f"point HF_HUB_CACHE/HF_HOME at a cache that holds it, {alternatives}."
         ) from exc
     except GatedRepoError as exc:
         raise ModelLoadError(
