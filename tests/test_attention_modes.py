@@ -116,8 +116,11 @@ def test_single_cross_attention_variant():
     model = _tiny_dit(cross_2=None)
     assert model.blocks[0].attn2_2 is None
     assert not any("attn2_2" in k or "norm2_2" in k for k in model.state_dict())
+    x, ctx = torch.randn(2, 10, 4), torch.randn(2, 3, 16)
     with torch.no_grad():
-        out = model(torch.randn(2, 10, 4), torch.tensor([1000.0, 250.0]), torch.randn(2, 3, 16))
+        out = model(x, torch.tensor([1000.0, 250.0]), ctx)
+        # a scalar timestep is shared by the batch, as the sampling loop passes it
+        assert torch.equal(model(x, torch.tensor(250.0), ctx), model(x, torch.tensor([250.0, 250.0]), ctx))
     assert torch.isfinite(out).all()
 
 

@@ -148,7 +148,7 @@ class Attention(nn.Module):
             out = _scene_context_attention(query, key, value, num_instances)
         else:
             out = F.scaled_dot_product_attention(query, key, value)
-        out = out.transpose(1, 2).reshape(batch, tokens, -1).to(query.dtype)
+        out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return self.to_out[0](out)
 
 

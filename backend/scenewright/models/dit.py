@@ -144,17 +144,18 @@ class TripoSGDiTModel(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
+        timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_2: torch.Tensor | None = None,
         num_instances: int = 1,
     ) -> torch.Tensor:
-        """hidden_states (B,T,Cin), timestep (B,) = sigma*1000 -> velocity (B,T,Cin).
+        """hidden_states (B,T,Cin), timestep (B,) or scalar = sigma*1000 -> velocity (B,T,Cin).
 
         `num_instances` is the group size of the multi-instance layouts: rows are
         grouped in consecutive runs of N (multi_instance) or N + 1 (scene_context).
         """
-        tokens = hidden_states.shape[1]
+        batch, tokens = hidden_states.shape[:2]
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
         temb = timestep_features(timestep, self.config.width).to(hidden_states.dtype)
         temb = self.time_proj(temb).unsqueeze(1)
         x = torch.cat([temb, self.proj_in(hidden_states)], dim=1)

@@ -177,6 +177,7 @@ class TripoSGVAEModel(nn.Module):
         """
         if query_indices is None:
             query_indices = self.select_query_indices(surface, num_tokens, seed)
+        query_indices = query_indices.to(surface.device)
         if query_indices.ndim == 1:
             query_indices = query_indices.expand(surface.shape[0], -1)
         dtype = self.quant.weight.dtype
