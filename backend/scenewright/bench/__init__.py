@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`scenewright bench`); results and commands go in docs/performance.md."""
