@@ -1,0 +1,468 @@
+"""Placement: camera solve, ground plane, supports and metric scale for generated instances.
+
+The sampler returns instance meshes in the view frame (PROTOCOL.md section 3:
++Z up, +Y away from the camera along its ground-projected viewing direction,
++X image-right) with arbitrary origin and scale. In that frame the camera has
+no yaw and no roll, so it is described by five numbers: pitch (elevation
+below the horizon), field of view and position. `solve_camera` finds them so
+that each instance's silhouette matches its mask; `place_scene` then puts the
+floor at z = 0, keeps objects on their supports, scales the scene to metres
+and re-centres every mesh on its bottom centre. Thresholds are fractions of
+the scene size (the longest side of the bounding box of all instances);
+docs/placement.md explains them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import least_squares, minimize
+from scipy.spatial import ConvexHull, QhullError
+
+from .camera import Camera, render_silhouettes
+
+Mesh = tuple[np.ndarray, np.ndarray]
+
+# Metric scale when the user gives none: blockout scenes are room corners, about 4 m across.
+DEFAULT_SCENE_SIZE_M = 4.0
+# An instance whose bottom is within this fraction of the scene size of the lowest bottom stands on the floor.
+FLOOR_FRACTION = 0.04
+# An instance that would drop (or rise) by at most this fraction of the scene size onto a surface rests on it.
+SNAP_FRACTION = 0.05
+
+# MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
+# The reference (VAST-AI-Research/MIDI-3D) exports its meshes with trimesh as
+# they come out of marching cubes over the VAE's [-1, 1]^3 box, in the
+# TripoSG/glTF object convention: +Y up and the camera looking down -Z (the
+# image's right is +X). Its 3D-FRONT training scenes are y-up as well. So
+# view X = x, view Y (away from the camera) = -z, view Z (up) = y: a +90 degree
+# rotation about X. MIDI's scene yaw is not guaranteed to face the camera (the
+# same scene is trained from several views), which the evaluation's ICP
+# absorbs; the camera solve here assumes the scene already faces the camera.
+MIDI_TO_VIEW = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+@dataclass
+class CameraSolveConfig:
+    """Knobs of `solve_camera`; defaults cover the benchmark's 35-60 deg fov and 10-45 deg elevation."""
+
+    pitch_grid_deg: tuple[float, ...] = (5.0, 15.0, 25.0, 35.0, 45.0, 60.0)
+    fov_grid_deg: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 75.0)
+    starts: int = 3  # box fits started from the best grid points
+    prior_pitch_deg: float = 25.0  # weak priors keep one-instance scenes well posed
+    prior_fov_deg: float = 47.0
+    prior_weight: float = 0.01
+    refine_resolutions: tuple[int, ...] = (128,)  # silhouette refinement rasters (longer side)
+    refine_evals: tuple[int, ...] = (80,)
+    max_faces: int = 6000  # meshes above this are decimated for the refinement renders
+    box_points: int = 200  # extreme directions sampled per instance for the box fit
+
+
+@dataclass
+class PlacedInstance:
+    """One instance in the placed scene: a local mesh (origin at its bottom centre) and its object matrix."""
+
+    id: int
+    vertices: np.ndarray  # (V, 3) float32, metres, local frame
+    faces: np.ndarray  # (F, 3) int32
+    transform: np.ndarray  # (4, 4) local -> scene, Blender matrix_world
+    support: int | None  # id of the instance it rests on; None: the ground (or floating, see diagnostics)
+    snap_m: float = 0.0  # vertical correction applied to make contact, metres
+
+
+@dataclass
+class Placement:
+    """Result of `place_scene`. The scene frame: metres, +Z up, ground z = 0, footprint centred on the origin."""
+
+    instances: list[PlacedInstance | None]  # None where the input mesh was empty
+    camera: dict[str, Any]  # protocol CameraSpec dict, scene frame
+    input_camera: dict[str, Any]  # the same camera in the frame of the input meshes
+    scene_from_input: np.ndarray  # (4, 4) similarity: input frame -> scene frame (before per-instance snaps)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_from_scene(self) -> np.ndarray:
+        """Scene frame -> input frame, e.g. to express a scene-frame camera beside the raw predicted meshes."""
+        return np.linalg.inv(self.scene_from_input)
+
+
+def camera_from_params(pitch_deg: float, fov_deg: float, position: Sequence[float], resolution: tuple[int, int]) -> Camera:
+    """A view-frame camera (no yaw, no roll) looking along +Y, tilted down by `pitch_deg`."""
+    pitch = math.radians(pitch_deg)
+    forward = np.array([0.0, math.cos(pitch), -math.sin(pitch)])
+    up = np.array([0.0, math.sin(pitch), math.cos(pitch)])
+    matrix = np.eye(4)
+    matrix[:3, 0] = (1.0, 0.0, 0.0)
+    matrix[:3, 1] = up
+    matrix[:3, 2] = -forward
+    matrix[:3, 3] = position
+    return Camera(matrix, float(fov_deg), (int(resolution[0]), int(resolution[1])))
+
+
+def _usable(mesh: Mesh | None) -> bool:
+    return mesh is not None and len(mesh[1]) > 0 and len(mesh[0]) > 0
+
+
+class _CameraProblem:
+    """The meshes and masks of one solve, normalised so the scene box is centred with longest side 2."""
+
+    def __init__(self, meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], image_size: tuple[int, int], cfg: CameraSolveConfig):
+        self.cfg = cfg
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        pairs = [i for i, (m, k) in enumerate(zip(meshes, masks)) if _usable(m) and np.asarray(k).any()]
+        self.indices = pairs
+        all_vertices = np.concatenate([np.asarray(meshes[i][0], np.float64) for i in pairs])
+        lo, hi = all_vertices.min(axis=0), all_vertices.max(axis=0)
+        self.center = (lo + hi) / 2.0
+        self.scale = 2.0 / max(float((hi - lo).max()), 1e-12)
+        self.diagonal = float(np.linalg.norm(hi - lo)) * self.scale
+        self.meshes = [((np.asarray(meshes[i][0], np.float64) - self.center) * self.scale, np.asarray(meshes[i][1], np.int64)) for i in pairs]
+        self.masks = [np.asarray(masks[i], bool) for i in pairs]
+        self.all_masks = [np.asarray(m, bool) for m in masks]
+        self.union = np.any(self.all_masks, axis=0)
+        self.points = [_extreme_points(v, cfg.box_points) for v, _ in self.meshes]
+        self.boxes, self.open_sides = zip(*(_mask_box(m, o) for m, o in zip(self.masks, _others(self.masks, self.all_masks))))
+        self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
+
+    # parameters x = [pitch (rad), log tan(fov / 2), camera position (3)] in normalised units
+    def camera(self, x: np.ndarray, resolution: tuple[int, int] | None = None) -> Camera:
+        fov = math.degrees(2.0 * math.atan(math.exp(x[1])))
+        return camera_from_params(math.degrees(x[0]), fov, x[2:5], resolution or self.image_size)
+
+    def prior(self, x: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        fov = 2.0 * math.atan(math.exp(x[1]))
+        return cfg.prior_weight * np.array(
+            [(x[0] - math.radians(cfg.prior_pitch_deg)) / math.radians(30.0), (fov - math.radians(cfg.prior_fov_deg)) / math.radians(30.0)]
+        )
+
+    def box_residuals(self, x: np.ndarray) -> np.ndarray:
+        """Projected 2D box minus mask box per side, in image fractions; occluded/cut sides only count one way."""
+        camera = self.camera(x)
+        side = float(max(self.image_size))
+        out = []
+        for points, box, open_sides in zip(self.points, self.boxes, self.open_sides):
+            uv, depth = camera.project(points)
+            pred = np.array([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()])
+            r = (pred - box) / side
+            # A cut min side may be larger in the silhouette (pred smaller), a cut max side pred larger.
+            r = np.where(open_sides & (np.arange(4) < 2), np.maximum(r, 0.0), r)
+            r = np.where(open_sides & (np.arange(4) >= 2), np.minimum(r, 0.0), r)
+            behind = np.maximum(0.05 - depth.min(), 0.0) * 10.0  # points must stay in front of the camera
+            out.append(np.append(r, behind))
+        return np.concatenate(out + [self.prior(x)])
+
+    def initial(self, pitch_deg: float, fov_deg: float) -> np.ndarray:
+        """Camera position for a given pitch and fov by linear least squares on box centres and the scene size."""
+        width, height = self.image_size
+        x = np.array([math.radians(pitch_deg), math.log(math.tan(math.radians(fov_deg) / 2.0)), 0.0, 0.0, 0.0])
+        camera = self.camera(x)
+        f = camera.focal_px
+        right, up, forward = camera.matrix_world[:3, 0], camera.matrix_world[:3, 1], -camera.matrix_world[:3, 2]
+        rows, rhs = [], []
+        for (vertices, _), box in zip(self.meshes, self.boxes):
+            centre3 = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+            a = ((box[0] + box[2]) / 2.0 - width / 2.0) / f
+            b = -((box[1] + box[3]) / 2.0 - height / 2.0) / f
+            for axis in (right - a * forward, up - b * forward):
+                rows.append(axis)
+                rhs.append(axis @ centre3)
+        ys, xs = np.nonzero(self.union)
+        extent_px = math.hypot(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        distance = f * self.diagonal / max(extent_px, 1.0)  # the scene box diagonal spans about the masks' box diagonal
+        weight = max(len(rows), 1) ** 0.5
+        rows.append(weight * forward)
+        rhs.append(weight * (forward @ np.zeros(3) - distance))
+        position = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+        x[2:5] = position
+        return x
+
+    def silhouette_loss(self, x: np.ndarray, resolution: tuple[int, int], masks: list[np.ndarray], others: list[np.ndarray]) -> float:
+        """1 - mean IoU, where silhouette pixels on other instances' masks are ignored (they may be occluded there)."""
+        silhouettes = render_silhouettes(self.low, self.camera(x, resolution))
+        ious = []
+        for sil, mask, other in zip(silhouettes, masks, others):
+            union = np.count_nonzero(mask | (sil & ~other))
+            ious.append(np.count_nonzero(sil & mask) / max(union, 1))
+        return 1.0 - float(np.mean(ious)) + float(np.sum(self.prior(x) ** 2))
+
+
+def solve_camera(
+    meshes_view_frame: Sequence[Mesh | None],
+    masks: Sequence[np.ndarray],
+    image_size: tuple[int, int],
+    config: CameraSolveConfig | None = None,
+) -> tuple[Camera, dict[str, Any]]:
+    """Camera (in the meshes' own frame) through which each mesh's silhouette matches its mask.
+
+    meshes_view_frame[i] pairs with masks[i] ((H, W) bool); a None or empty
+    mesh, or an empty mask, is left out of the fit. Steps: grid over pitch and
+    fov with a linear position guess, robust (soft-L1) least squares on the 2D
+    boxes (sides cut by the image border or touching another instance only
+    count when the projection is too small), then Nelder-Mead on silhouette
+    IoU at 128 and 256 px. Returns the camera at `image_size` and diagnostics.
+    """
+    cfg = config or CameraSolveConfig()
+    start = time.perf_counter()
+    width, height = int(image_size[0]), int(image_size[1])
+    if not any(_usable(m) and np.asarray(k).any() for m, k in zip(meshes_view_frame, masks)):
+        raise ValueError("camera solve needs at least one instance with both a non-empty mesh and a non-empty mask")
+    problem = _CameraProblem(meshes_view_frame, masks, (width, height), cfg)
+
+    grid = [problem.initial(p, f) for p in cfg.pitch_grid_deg for f in cfg.fov_grid_deg]
+    grid.sort(key=lambda x: float(np.sum(problem.box_residuals(x) ** 2)))
+    fits = [
+        least_squares(problem.box_residuals, x0, loss="soft_l1", f_scale=0.01, x_scale="jac", max_nfev=200)
+        for x0 in grid[: cfg.starts]
+    ]
+    x = min(fits, key=lambda r: r.cost).x
+    box_cost = float(min(r.cost for r in fits))
+
+    # Silhouette refinement; kept only when it lowers the loss at the full image resolution.
+    full = (width, height), problem.masks, _others(problem.masks, problem.all_masks)
+    loss = problem.silhouette_loss(x, *full)
+    for res, evals in zip(cfg.refine_resolutions, cfg.refine_evals):
+        factor = res / max(width, height)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        small_all = [_downsample(m, size) for m in problem.all_masks]
+        small = [small_all[i] for i in problem.indices]
+        steps = np.array([math.radians(1.0), 0.02, 0.02, 0.02, 0.02]) * (128.0 / res)
+        simplex = np.vstack([x] + [x + np.eye(5)[k] * steps[k] for k in range(5)])
+        result = minimize(
+            problem.silhouette_loss, x, args=(size, small, _others(small, small_all)), method="Nelder-Mead",
+            options={"maxfev": evals, "initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-6},
+        )
+        refined = problem.silhouette_loss(result.x, *full)
+        if refined < loss:
+            x, loss = result.x, refined
+
+    camera = problem.camera(x)
+    matrix = camera.matrix_world.copy()
+    matrix[:3, 3] = matrix[:3, 3] / problem.scale + problem.center  # back to the caller's frame
+    camera = Camera(matrix, camera.fov_deg, (width, height))
+    diagnostics = {
+        "pitch_deg": math.degrees(x[0]),
+        "fov_deg": camera.fov_deg,
+        "used_instances": list(problem.indices),
+        "box_cost": box_cost,
+        "silhouette_loss": loss,
+        "time_s": time.perf_counter() - start,
+    }
+    return camera, diagnostics
+
+
+def _extreme_points(vertices: np.ndarray, directions: int) -> np.ndarray:
+    """Vertices that are extreme along a spread of directions: enough to get a projection's 2D box."""
+    try:
+        hull = vertices[ConvexHull(vertices).vertices]
+    except (QhullError, ValueError):  # flat or tiny meshes
+        hull = vertices
+    if len(hull) <= directions:
+        return hull
+    k = np.arange(directions) + 0.5
+    z = 1.0 - 2.0 * k / directions
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    r = np.sqrt(1.0 - z * z)
+    dirs = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+    return hull[np.unique(np.argmax(hull @ dirs.T, axis=0))]
+
+
+def _mask_box(mask: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mask box [col_min, row_min, col_max, row_max] in pixel edges, and which sides may be cut.
+
+    A side is cut (open) when the mask touches the image border there, or when
+    another instance's mask touches this one within 2 px of that side.
+    """
+    height, width = mask.shape
+    rows, cols = np.nonzero(mask)
+    box = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float64)
+    near = np.zeros_like(mask)
+    pad = np.pad(mask, 2)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            near |= pad[2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
+    touch_rows, touch_cols = np.nonzero(near & others)
+    open_sides = np.array([box[0] <= 0, box[1] <= 0, box[2] >= width, box[3] >= height])
+    if len(touch_rows):
+        open_sides |= np.array(
+            [touch_cols.min() <= box[0] + 1, touch_rows.min() <= box[1] + 1, touch_cols.max() >= box[2] - 2, touch_rows.max() >= box[3] - 2]
+        )
+    return box, open_sides
+
+
+def _others(masks: list[np.ndarray], all_masks: list[np.ndarray]) -> list[np.ndarray]:
+    """For each fitted mask, the pixels of every other instance (fitted or not): where it may be occluded."""
+    counts = np.sum(all_masks, axis=0)
+    return [counts - m > 0 for m in masks]
+
+
+def _downsample(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Box-filtered mask at `size` (width, height), thresholded at half coverage."""
+    image = Image.fromarray(np.asarray(mask, np.uint8) * 255)
+    return np.asarray(image.resize(size, Image.Resampling.BOX)) >= 128
+
+
+def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Mesh:
+    """Vertex-clustering decimation for fast silhouettes: merge vertices on a grid until few faces remain."""
+    cells = 128
+    while len(faces) > max_faces and cells >= 16:
+        extent = float((vertices.max(axis=0) - vertices.min(axis=0)).max())
+        keys = np.floor((vertices - vertices.min(axis=0)) / (extent / cells + 1e-12)).astype(np.int64)
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        merged = np.stack([np.bincount(inverse, vertices[:, k]) / counts for k in range(3)], axis=1)
+        new_faces = inverse[faces]
+        keep = (new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2]) & (new_faces[:, 0] != new_faces[:, 2])
+        vertices, faces = merged, np.unique(np.sort(new_faces[keep], axis=1), axis=0)
+        cells //= 2
+    return vertices, faces
+
+
+def place_scene(
+    meshes: Sequence[Mesh | None],
+    masks: Sequence[np.ndarray],
+    image_size: tuple[int, int],
+    scene_size_m: float | None = None,
+    ids: Sequence[int] | None = None,
+    camera: Camera | None = None,
+    config: CameraSolveConfig | None = None,
+) -> Placement:
+    """Solve the camera (unless given), stand the instances on the ground and their supports, scale to metres.
+
+    meshes are in the view frame (any origin and scale), paired with masks
+    ((H, W) bool). Ground: the horizontal plane at the median bottom height of
+    the instances within FLOOR_FRACTION of the lowest one; it ends at z = 0.
+    Supports: from the lowest instance upwards, each instance is dropped (or
+    lifted) onto the first surface below its bottom points, the ground or an
+    already placed instance, when that takes at most SNAP_FRACTION of the
+    scene size; farther ones stay where they are and are listed as floating.
+    Scale: the larger horizontal side of the scene box becomes scene_size_m
+    (DEFAULT_SCENE_SIZE_M when None).
+    """
+    ids = list(ids) if ids is not None else list(range(1, len(meshes) + 1))
+    if len(ids) != len(meshes) or len(masks) != len(meshes):
+        raise ValueError("meshes, masks and ids must have the same length")
+    usable = [i for i, m in enumerate(meshes) if _usable(m)]
+    if not usable:
+        raise ValueError("nothing to place: every mesh is empty")
+    solve_info: dict[str, Any] = {}
+    if camera is None:
+        camera, solve_info = solve_camera(meshes, masks, image_size, config)
+
+    vertices = {i: np.asarray(meshes[i][0], np.float64) for i in usable}
+    faces = {i: np.asarray(meshes[i][1], np.int64) for i in usable}
+    stacked = np.concatenate(list(vertices.values()))
+    lo, hi = stacked.min(axis=0), stacked.max(axis=0)
+    size = max(float((hi - lo).max()), 1e-12)
+    bottoms = {i: float(vertices[i][:, 2].min()) for i in usable}
+    lowest = min(bottoms.values())
+    floor = [i for i in usable if bottoms[i] - lowest <= FLOOR_FRACTION * size]
+    ground = float(np.median([bottoms[i] for i in floor]))
+
+    tolerance = SNAP_FRACTION * size
+    shift = {i: 0.0 for i in usable}  # vertical correction per instance, input units
+    support: dict[int, int | None] = {}
+    floating = []
+    placed: list[int] = []
+    for i in sorted(usable, key=lambda k: bottoms[k]):
+        points = _bottom_points(vertices[i], 0.01 * size)
+        best_drop, best_support = bottoms[i] - ground, None
+        if abs(best_drop) > tolerance:  # not on the floor: look for the first surface below
+            for j in placed:
+                drop = _drop_distance(points, vertices[j] + [0.0, 0.0, shift[j]], faces[j], tolerance)
+                if drop is not None and drop < best_drop:
+                    best_drop, best_support = drop, j
+        if abs(best_drop) <= tolerance:
+            shift[i] = -best_drop
+        else:
+            floating.append(ids[i])
+            best_support = None
+        support[i] = best_support
+        placed.append(i)
+
+    footprint = hi[:2] - lo[:2]
+    scale = (scene_size_m or DEFAULT_SCENE_SIZE_M) / max(float(footprint.max()), 1e-12)
+    scene_from_input = np.diag([scale, scale, scale, 1.0])
+    scene_from_input[:3, 3] = -scale * np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, ground])
+
+    instances: list[PlacedInstance | None] = [None] * len(meshes)
+    for i in usable:
+        world = (vertices[i] + [0.0, 0.0, shift[i]]) @ scene_from_input[:3, :3].T + scene_from_input[:3, 3]
+        vmin, vmax = world.min(axis=0), world.max(axis=0)
+        origin = np.array([(vmin[0] + vmax[0]) / 2.0, (vmin[1] + vmax[1]) / 2.0, vmin[2]])
+        transform = np.eye(4)
+        transform[:3, 3] = origin
+        instances[i] = PlacedInstance(
+            id=ids[i],
+            vertices=(world - origin).astype(np.float32),
+            faces=faces[i].astype(np.int32),
+            transform=transform,
+            support=None if support[i] is None else ids[support[i]],
+            snap_m=shift[i] * scale,
+        )
+
+    scene_camera = camera.matrix_world.copy()
+    scene_camera[:3, 3] = scene_from_input[:3, :3] @ scene_camera[:3, 3] + scene_from_input[:3, 3]
+    diagnostics = {
+        **solve_info,
+        "scene_size_m": float(scene_size_m or DEFAULT_SCENE_SIZE_M),
+        "scale_m_per_unit": scale,
+        "ground_height_input": ground,
+        "floor_ids": [ids[i] for i in floor],
+        "floating_ids": floating,
+        "empty_ids": [ids[i] for i in range(len(meshes)) if i not in vertices],
+    }
+    return Placement(
+        instances=instances,
+        camera=Camera(scene_camera, camera.fov_deg, camera.resolution, camera.sensor_fit).to_dict(),
+        input_camera=camera.to_dict(),
+        scene_from_input=scene_from_input,
+        diagnostics=diagnostics,
+    )
+
+
+def _bottom_points(vertices: np.ndarray, band: float, limit: int = 64) -> np.ndarray:
+    """The vertices within `band` of the mesh's lowest point (at most `limit`): where it touches a support."""
+    low = vertices[vertices[:, 2] <= vertices[:, 2].min() + band]
+    if len(low) > limit:
+        low = low[np.linspace(0, len(low) - 1, limit).astype(np.int64)]
+    return low
+
+
+def _drop_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, tolerance: float) -> float | None:
+    """How far `points` fall straight down before touching the mesh (negative: they sit up to `tolerance` inside it).
+
+    For each point, the highest surface of the mesh under it that is not more
+    than `tolerance` above it; the smallest gap over the points is the drop.
+    None when no point has any surface under it.
+    """
+    tri = vertices[faces]  # (F, 3, 3)
+    top = points[:, 2].max() + tolerance
+    pmin, pmax = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+    keep = (tri[:, :, 2].min(axis=1) <= top) & (tri[:, :, :2].min(axis=1) <= pmax).all(axis=1) & (tri[:, :, :2].max(axis=1) >= pmin).all(axis=1)
+    tri = tri[keep]
+    if len(tri) == 0:
+        return None
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    e1, e2 = (b - a)[:, :2], (c - a)[:, :2]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = np.abs(det) > 1e-18
+    a, e1, e2, det, dz1, dz2 = a[ok], e1[ok], e2[ok], det[ok], (b - a)[ok, 2], (c - a)[ok, 2]
+    rel = points[:, None, :2] - a[None, :, :2]  # (P, F, 2)
+    u = (rel[..., 0] * e2[:, 1] - rel[..., 1] * e2[:, 0]) / det
+    v = (e1[:, 0] * rel[..., 1] - e1[:, 1] * rel[..., 0]) / det
+    inside = (u >= -1e-9) & (v >= -1e-9) & (u + v <= 1.0 + 1e-9)
+    z = a[:, 2] + u * dz1 + v * dz2
+    below = inside & (z <= points[:, None, 2] + tolerance)
+    if not below.any():
+        return None
+    height = np.where(below, z, -np.inf).max(axis=1)
+    hit = np.isfinite(height)
+    return float((points[hit, 2] - height[hit]).min())
