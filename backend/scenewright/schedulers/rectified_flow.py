@@ -61,14 +61,14 @@ class RectifiedFlowScheduler:
         return int(matches[1 if len(matches) > 1 else 0])
 
     def step(self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
-        """One Euler step: sample + (sigma_k - sigma_{k+1}) v, computed in float32."""
+        """One Euler step: sample + (sigma_k - sigma_{k+1}) v, computed in float32, returned in v's dtype."""
         if self._step_index is None:
             self._step_index = self._index_for_timestep(timestep)
         k = self._step_index
         if k + 1 >= len(self.sigmas):
             raise ValueError("the schedule is exhausted; call set_timesteps again")
         dt = self.sigmas[k] - self.sigmas[k + 1]
-        prev = sample.to(torch.float32) + dt * model_output
+        prev = sample.to(torch.float32) + dt * model_output.to(torch.float32)
         self._step_index = k + 1
         return prev.to(model_output.dtype)
 
