@@ -50,12 +50,19 @@ class Camera:
         return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
     def world_to_camera(self) -> np.ndarray:
-        return np.linalg.inv(self.matrix_world)
+        """Inverse of matrix_world (an affine 4x4), in closed form: solvers call this thousands of times."""
+        rows = np.asarray(self.matrix_world, dtype=np.float64)[:3, :3]
+        cols = np.stack([np.cross(rows[1], rows[2]), np.cross(rows[2], rows[0]), np.cross(rows[0], rows[1])], axis=1)
+        out = np.eye(4)
+        out[:3, :3] = cols / float(rows[0] @ cols[:, 0])
+        out[:3, 3] = -out[:3, :3] @ np.asarray(self.matrix_world, dtype=np.float64)[:3, 3]
+        return out
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World points (P, 3) -> pixel coordinates (P, 2) as (column, row) and depth (P,) along the view axis."""
         pts = np.asarray(points, dtype=np.float64)
-        cam = pts @ self.world_to_camera()[:3, :3].T + self.world_to_camera()[:3, 3]
+        to_camera = self.world_to_camera()
+        cam = pts @ to_camera[:3, :3].T + to_camera[:3, 3]
         depth = -cam[:, 2]
         safe = np.where(np.abs(depth) < 1e-12, 1e-12, depth)
         width, height = self.resolution

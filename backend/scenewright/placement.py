@@ -127,7 +127,10 @@ class _CameraProblem:
         self.masks = [np.asarray(masks[i], bool) for i in pairs]
         self.all_masks = [np.asarray(m, bool) for m in masks]
         self.union = np.any(self.all_masks, axis=0)
-        self.points = [_extreme_points(v, cfg.box_points) for v, _ in self.meshes]
+        points = [_extreme_points(v, cfg.box_points) for v, _ in self.meshes]
+        ends = np.cumsum([len(p) for p in points])
+        self.all_points = np.concatenate(points)
+        self.point_slices = [slice(e - len(p), e) for p, e in zip(points, ends)]
         self.boxes, self.open_sides = zip(*(_mask_box(m, o) for m, o in zip(self.masks, _others(self.masks, self.all_masks))))
         self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
 
@@ -145,17 +148,16 @@ class _CameraProblem:
 
     def box_residuals(self, x: np.ndarray) -> np.ndarray:
         """Projected 2D box minus mask box per side, in image fractions; occluded/cut sides only count one way."""
-        camera = self.camera(x)
+        uv, depth = self.camera(x).project(self.all_points)
         side = float(max(self.image_size))
         out = []
-        for points, box, open_sides in zip(self.points, self.boxes, self.open_sides):
-            uv, depth = camera.project(points)
-            pred = np.array([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()])
-            r = (pred - box) / side
+        for rows, box, open_sides in zip(self.point_slices, self.boxes, self.open_sides):
+            u, v = uv[rows, 0], uv[rows, 1]
+            r = (np.array([u.min(), v.min(), u.max(), v.max()]) - box) / side
             # A cut min side may be larger in the silhouette (pred smaller), a cut max side pred larger.
             r = np.where(open_sides & (np.arange(4) < 2), np.maximum(r, 0.0), r)
             r = np.where(open_sides & (np.arange(4) >= 2), np.minimum(r, 0.0), r)
-            behind = np.maximum(0.05 - depth.min(), 0.0) * 10.0  # points must stay in front of the camera
+            behind = np.maximum(0.05 - depth[rows].min(), 0.0) * 10.0  # points must stay in front of the camera
             out.append(np.append(r, behind))
         return np.concatenate(out + [self.prior(x)])
 
