@@ -58,13 +58,15 @@ def _run(attn: Attention, x: torch.Tensor, mode: str, n: int) -> np.ndarray:
 
 def test_plain_matches_reference(attn):
     x = torch.randn(3, 7, 32)
-    np.testing.assert_allclose(_run(attn, x, "plain", 1), _reference_self_attention(attn, x, [[0], [1], [2]]), atol=1e-5)
+    expected = _reference_self_attention(attn, x, [[0], [1], [2]])
+    np.testing.assert_allclose(_run(attn, x, "plain", 1), expected, atol=1e-5)
 
 
 def test_multi_instance_sees_its_scene_only(attn):
     x = torch.randn(6, 7, 32)  # two scenes (e.g. the CFG halves) of 3 instances
     groups = [[0, 1, 2]] * 3 + [[3, 4, 5]] * 3
-    np.testing.assert_allclose(_run(attn, x, "multi_instance", 3), _reference_self_attention(attn, x, groups), atol=1e-5)
+    expected = _reference_self_attention(attn, x, groups)
+    np.testing.assert_allclose(_run(attn, x, "multi_instance", 3), expected, atol=1e-5)
 
 
 def test_multi_instance_with_one_instance_is_plain(attn):
@@ -75,7 +77,8 @@ def test_multi_instance_with_one_instance_is_plain(attn):
 def test_scene_context_instances_see_themselves_and_the_scene(attn):
     x = torch.randn(6, 7, 32)  # two groups: 2 instance rows then 1 scene row
     kv_rows = [[0, 2], [1, 2], [2], [3, 5], [4, 5], [5]]
-    np.testing.assert_allclose(_run(attn, x, "scene_context", 2), _reference_self_attention(attn, x, kv_rows), atol=1e-5)
+    expected = _reference_self_attention(attn, x, kv_rows)
+    np.testing.assert_allclose(_run(attn, x, "scene_context", 2), expected, atol=1e-5)
 
 
 def test_batch_must_split_into_groups(attn):
@@ -88,7 +91,8 @@ def test_batch_must_split_into_groups(attn):
 def _tiny_dit(cross_2: int | None) -> TripoSGDiTModel:
     torch.manual_seed(0)
     config = TripoSGDiTConfig(
-        num_attention_heads=2, width=32, in_channels=4, num_layers=5, cross_attention_dim=16, cross_attention_2_dim=cross_2
+        num_attention_heads=2, width=32, in_channels=4, num_layers=5, cross_attention_dim=16,
+        cross_attention_2_dim=cross_2,
     )
     return TripoSGDiTModel(config).eval()
 

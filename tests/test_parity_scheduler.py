@@ -63,7 +63,9 @@ def test_step_chain(golden_dir, cases):
 
 def test_scale_noise(golden_dir, cases):
     scheduler = _scheduler(golden_dir, 1)
-    out = scheduler.scale_noise(cases["scale_noise_original"], cases["scale_noise_noise"], cases["scale_noise_timesteps"])
+    out = scheduler.scale_noise(
+        cases["scale_noise_original"], cases["scale_noise_noise"], cases["scale_noise_timesteps"]
+    )
     assert (out - cases["scale_noise_output"]).abs().max().item() <= TABLE_TOL
 
 

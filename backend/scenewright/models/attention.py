@@ -183,7 +183,8 @@ def _scene_context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         scene = x[:, n:].expand(-1, n, -1, -1, -1)
         return torch.cat([x[:, :n], scene], dim=3).reshape(groups * n, heads, 2 * tokens, dim)
 
-    inst = F.scaled_dot_product_attention(qg[:, :n].reshape(groups * n, heads, tokens, dim), with_scene(kg), with_scene(vg))
+    inst_q = qg[:, :n].reshape(groups * n, heads, tokens, dim)
+    inst = F.scaled_dot_product_attention(inst_q, with_scene(kg), with_scene(vg))
     scene = F.scaled_dot_product_attention(qg[:, n], kg[:, n], vg[:, n])
     out = torch.cat([inst.view(groups, n, heads, tokens, dim), scene.unsqueeze(1)], dim=1)
     return out.reshape(q.shape)

@@ -94,7 +94,9 @@ class TripoSGEncoder(nn.Module):
     def __init__(self, in_channels: int, dim: int, heads: int, num_layers: int):
         super().__init__()
         self.proj_in = nn.Linear(in_channels, dim)
-        self.blocks = nn.ModuleList([VAEBlock(dim, heads, cross=True)] + [VAEBlock(dim, heads, cross=False) for _ in range(num_layers)])
+        self.blocks = nn.ModuleList(
+            [VAEBlock(dim, heads, cross=True)] + [VAEBlock(dim, heads, cross=False) for _ in range(num_layers)]
+        )
         self.norm_out = nn.LayerNorm(dim, eps=1e-5)
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,9 @@ class TripoSGDecoder(nn.Module):
 
     def __init__(self, in_channels: int, dim: int, heads: int, num_layers: int):
         super().__init__()
-        self.blocks = nn.ModuleList([VAEBlock(dim, heads, cross=False) for _ in range(num_layers)] + [VAEBlock(dim, heads, cross=True)])
+        self.blocks = nn.ModuleList(
+            [VAEBlock(dim, heads, cross=False) for _ in range(num_layers)] + [VAEBlock(dim, heads, cross=True)]
+        )
         self.proj_query = nn.Linear(in_channels, dim)
         self.norm_out = nn.LayerNorm(dim, eps=1e-5)
         self.proj_out = nn.Linear(dim, 1)
@@ -125,7 +129,9 @@ class TripoSGVAEModel(nn.Module):
         self.config = config
         self.embedder = FrequencyEmbedding(config.embed_frequency, config.in_channels, config.embed_include_pi)
         heads = config.num_attention_heads
-        self.encoder = TripoSGEncoder(config.in_channels + self.embedder.out_dim, config.width_encoder, heads, config.num_layers_encoder)
+        self.encoder = TripoSGEncoder(
+            config.in_channels + self.embedder.out_dim, config.width_encoder, heads, config.num_layers_encoder
+        )
         self.decoder = TripoSGDecoder(self.embedder.out_dim, config.width_decoder, heads, config.num_layers_decoder)
         self.quant = nn.Linear(config.width_encoder, 2 * config.latent_channels)
         self.post_quant = nn.Linear(config.latent_channels, config.width_decoder)

@@ -55,7 +55,8 @@ class RectifiedFlowScheduler:
 
     def _index_for_timestep(self, timestep: torch.Tensor | float) -> int:
         # the second occurrence when a value repeats (diffusers' rule for resumed schedules)
-        matches = (self.timesteps == torch.as_tensor(timestep, dtype=self.timesteps.dtype).to(self.timesteps.device)).nonzero()
+        value = torch.as_tensor(timestep, dtype=self.timesteps.dtype).to(self.timesteps.device)
+        matches = (self.timesteps == value).nonzero()
         if len(matches) == 0:
             raise ValueError(f"timestep {float(timestep)} is not in the schedule; call set_timesteps first")
         return int(matches[1 if len(matches) > 1 else 0])
