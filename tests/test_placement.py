@@ -1,0 +1,220 @@
+"""Silhouette rasteriser, camera solve and scene placement, on synthetic scenes and one benchmark case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import ConvexHull
+
+from scenewright.camera import Camera, render_silhouettes
+from scenewright.placement import MIDI_TO_VIEW, camera_from_params, place_scene, solve_camera
+
+SIZE = (320, 240)
+
+
+def _box(extents, bottom_centre):
+    mesh = trimesh.creation.box(extents=extents)
+    vertices = np.asarray(mesh.vertices) + np.asarray(bottom_centre, float) + [0.0, 0.0, extents[2] / 2.0]
+    return vertices, np.asarray(mesh.faces)
+
+
+def _cylinder(radius, height, bottom_centre):
+    mesh = trimesh.creation.cylinder(radius=radius, height=height, sections=32)
+    return np.asarray(mesh.vertices) + np.asarray(bottom_centre, float) + [0.0, 0.0, height / 2.0], np.asarray(mesh.faces)
+
+
+def _table(bottom_centre, width=1.2, depth=0.8, height=0.75):
+    top = _box((width, depth, 0.05), np.add(bottom_centre, (0.0, 0.0, height - 0.05)))
+    parts = [top] + [
+        _box((0.06, 0.06, height - 0.05), np.add(bottom_centre, (sx * (width / 2 - 0.05), sy * (depth / 2 - 0.05), 0.0)))
+        for sx in (-1, 1) for sy in (-1, 1)
+    ]
+    vertices, faces, count = [], [], 0
+    for v, f in parts:
+        vertices.append(v)
+        faces.append(f + count)
+        count += len(v)
+    return np.concatenate(vertices), np.concatenate(faces)
+
+
+def _scene():
+    """Four objects on a floor in the view frame (+Y away from the camera), a box resting on the table."""
+    return [
+        _table((0.0, 3.0, 0.0)),
+        _box((0.3, 0.3, 0.25), (0.1, 3.0, 0.75)),
+        _cylinder(0.25, 0.9, (-1.3, 2.4, 0.0)),
+        _box((0.6, 0.5, 0.5), (1.4, 3.6, 0.0)),
+    ]
+
+
+def _seg(meshes, camera):
+    """Label map (0 = background, k = instance k): painted far to near, so nearer objects occlude."""
+    silhouettes = render_silhouettes(meshes, camera)
+    eye = camera.matrix_world[:3, 3]
+    order = sorted(range(len(meshes)), key=lambda k: -np.linalg.norm(meshes[k][0].mean(axis=0) - eye))
+    seg = np.zeros(silhouettes.shape[1:], np.uint8)
+    for k in order:
+        seg[silhouettes[k]] = k + 1
+    return seg
+
+
+def _true_camera():
+    return camera_from_params(30.0, 50.0, (0.2, -1.2, 2.6), SIZE)
+
+
+def _pitch_deg(camera: Camera) -> float:
+    forward = -camera.matrix_world[:3, 2]
+    return math.degrees(math.asin(-forward[2]))
+
+
+def _reproj_iou(meshes, seg, camera):
+    silhouettes = render_silhouettes(meshes, camera)
+    ious = [np.sum(s & (seg == k + 1)) / np.sum(s | (seg == k + 1)) for k, s in enumerate(silhouettes)]
+    return float(np.mean(ious))
+
+
+def test_cube_silhouette_matches_analytic_projection():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    vertices = np.asarray(cube.vertices) + [0.3, 4.0, 0.5]
+    camera = camera_from_params(20.0, 45.0, (0.0, 0.0, 1.8), (160, 120))
+    silhouette = render_silhouettes([(vertices, np.asarray(cube.faces))], camera)[0]
+
+    # The silhouette of a convex body is the convex hull of its projected corners.
+    corners, _ = camera.project(vertices)
+    hull = ConvexHull(corners)
+    cols, rows = np.meshgrid(np.arange(160) + 0.5, np.arange(120) + 0.5)
+    centres = np.stack([cols.ravel(), rows.ravel(), np.ones(cols.size)], axis=1)
+    signed = centres @ hull.equations.T  # <= 0 inside every hull edge
+    inside = (signed <= 1e-9).all(axis=1).reshape(120, 160)
+    borderline = (np.abs(signed) < 1e-6).any(axis=1).reshape(120, 160)
+    assert inside.sum() > 500
+    assert np.array_equal(silhouette[~borderline], inside[~borderline])
+
+
+def test_silhouettes_are_per_mesh_and_empty_for_missing():
+    meshes = _scene()
+    camera = _true_camera()
+    silhouettes = render_silhouettes([meshes[0], None, (np.zeros((0, 3)), np.zeros((0, 3), int)), meshes[1]], camera)
+    assert silhouettes.shape == (4, SIZE[1], SIZE[0])
+    assert silhouettes[0].any() and silhouettes[3].any()
+    assert not silhouettes[1].any() and not silhouettes[2].any()
+    # The box on the table is not occluded by the table in its own silhouette: table pixels overlap it.
+    assert np.array_equal(silhouettes[3], render_silhouettes([meshes[1]], camera)[0])
+
+
+def test_camera_round_trip_recovers_fov_pitch_and_silhouettes():
+    meshes = _scene()
+    truth = _true_camera()
+    seg = _seg(meshes, truth)
+    # Any origin and scale: the solve happens in the meshes' frame.
+    moved = [(v * 0.37 + [5.0, -2.0, 1.0], f) for v, f in meshes]
+    camera, diagnostics = solve_camera(moved, [seg == k + 1 for k in range(len(meshes))], SIZE)
+    assert abs(camera.fov_deg - truth.fov_deg) < 3.0
+    assert abs(_pitch_deg(camera) - 30.0) < 3.0
+    assert _reproj_iou(moved, seg, camera) > 0.95
+    assert diagnostics["used_instances"] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("broken", ["missing", "empty", "fused"])
+def test_solve_survives_missing_and_fused_instances(broken):
+    meshes = _scene()
+    truth = _true_camera()
+    seg = _seg(meshes, truth)
+    masks = [seg == k + 1 for k in range(len(meshes))]
+    if broken == "missing":
+        meshes[2] = None
+    elif broken == "empty":
+        meshes[3] = (np.zeros((0, 3)), np.zeros((0, 3), int))
+    else:  # instances 3 and 4 both came out as the union of the two objects
+        both = (np.concatenate([meshes[2][0], meshes[3][0]]), np.concatenate([meshes[2][1], meshes[3][1] + len(meshes[2][0])]))
+        meshes[2] = meshes[3] = both
+    camera, _ = solve_camera(meshes, masks, SIZE)
+    assert abs(camera.fov_deg - truth.fov_deg) < 4.0
+    assert abs(_pitch_deg(camera) - 30.0) < 4.0
+    intact = [0, 1] if broken == "fused" else [0, 1, 3 if broken == "missing" else 2]
+    assert _reproj_iou([meshes[k] for k in intact], np.select([seg == k + 1 for k in intact], [i + 1 for i in range(len(intact))]), camera) > 0.9
+
+
+def test_place_scene_ground_origins_scale_and_camera():
+    meshes = _scene()
+    truth = _true_camera()
+    seg = _seg(meshes, truth)
+    scale, offset = 2.7, np.array([-3.0, 1.0, 4.0])
+    moved = [(v * scale + offset, f) for v, f in meshes]
+    placement = place_scene(moved, [seg == k + 1 for k in range(4)], SIZE, scene_size_m=6.0, ids=[11, 12, 13, 14])
+
+    world = [p.vertices + p.transform[:3, 3] for p in placement.instances]
+    stacked = np.concatenate(world)
+    assert stacked[:, 2].min() == pytest.approx(0.0, abs=1e-6)
+    assert max(np.ptp(stacked[:, 0]), np.ptp(stacked[:, 1])) == pytest.approx(6.0, rel=1e-6)
+    for p in placement.instances:  # origins at bottom centres, pure translations
+        lo, hi = p.vertices.min(axis=0), p.vertices.max(axis=0)
+        assert lo[2] == pytest.approx(0.0, abs=1e-6)
+        assert (lo[:2] + hi[:2]) / 2 == pytest.approx([0.0, 0.0], abs=1e-5)
+        assert np.allclose(p.transform[:3, :3], np.eye(3))
+    assert [p.support for p in placement.instances] == [None, 11, None, None]
+    assert placement.diagnostics["floor_ids"] == [11, 13, 14]
+
+    # The scene-frame camera sees the placed meshes as the input camera sees the inputs.
+    scene_cam, input_cam = Camera.from_dict(placement.camera), Camera.from_dict(placement.input_camera)
+    placed = [(w, p.faces) for w, p in zip(world, placement.instances)]
+    differing = render_silhouettes(placed, scene_cam) != render_silhouettes(moved, input_cam)
+    assert differing.mean() < 1e-4  # identical up to rounding on triangle edges
+    back = world[0] @ placement.input_from_scene[:3, :3].T + placement.input_from_scene[:3, 3]
+    assert np.allclose(back, moved[0][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("gap", [0.02, -0.01])
+def test_box_on_table_keeps_contact(gap):
+    """A box floating above (or sunk into) the table top by a little is put back onto it."""
+    table = _table((0.0, 3.0, 0.0))
+    box = _box((0.3, 0.3, 0.25), (0.1, 3.0, 0.75 + gap))
+    other = _box((0.5, 0.5, 0.5), (1.5, 3.2, 0.01))  # nearly on the floor: snapped onto it
+    meshes = [table, box, other]
+    camera = _true_camera()
+    seg = _seg(meshes, camera)
+    placement = place_scene(meshes, [seg == k + 1 for k in range(3)], SIZE, scene_size_m=3.0, camera=camera)
+    table_p, box_p, other_p = placement.instances
+    table_top = (table_p.vertices + table_p.transform[:3, 3])[:, 2].max()
+    assert box_p.support == 1
+    assert box_p.transform[2, 3] == pytest.approx(table_top, abs=1e-6)
+    assert other_p.support is None and other_p.transform[2, 3] == pytest.approx(0.0, abs=1e-9)
+    assert placement.diagnostics["floating_ids"] == []
+
+
+def test_default_scene_size_and_empty_meshes():
+    meshes = _scene()
+    camera = _true_camera()
+    seg = _seg(meshes, camera)
+    meshes[2] = None
+    placement = place_scene(meshes, [seg == k + 1 for k in range(4)], SIZE, camera=camera)
+    assert placement.instances[2] is None
+    assert placement.diagnostics["empty_ids"] == [3]
+    stacked = np.concatenate([p.vertices + p.transform[:3, 3] for p in placement.instances if p is not None])
+    assert max(np.ptp(stacked[:, 0]), np.ptp(stacked[:, 1])) == pytest.approx(placement.diagnostics["scene_size_m"])
+    with pytest.raises(ValueError, match="every mesh is empty"):
+        place_scene([None], [seg == 1], SIZE, camera=camera)
+
+
+def test_midi_to_view_maps_y_up_to_z_up():
+    rotation = MIDI_TO_VIEW[:3, :3]
+    assert np.allclose(rotation @ rotation.T, np.eye(3)) and np.linalg.det(rotation) == pytest.approx(1.0)
+    assert np.allclose(rotation @ [0, 1, 0], [0, 0, 1])  # MIDI up (+Y) -> up (+Z)
+    assert np.allclose(rotation @ [0, 0, -1], [0, 1, 0])  # MIDI's viewing direction (-Z) -> away from the camera
+    assert np.allclose(rotation @ [1, 0, 0], [1, 0, 0])
+
+
+def test_dev_case_with_ground_truth_meshes(shared_dir):
+    from scenewright.evaluation.cases import load_case
+    from scenewright.evaluation.metrics import reprojection_ious
+
+    case = load_case(shared_dir / "benchmark" / "dev" / "case_002")
+    ids = [inst.id for inst in case.instances]
+    meshes = [(inst.mesh[0] * 0.5 + 3.0, inst.mesh[1]) for inst in case.instances]
+    camera, _ = solve_camera(meshes, [case.seg == i for i in ids], (case.seg.shape[1], case.seg.shape[0]))
+    ious = reprojection_ious(case.seg, ids, dict(zip(ids, meshes)), camera)
+    assert np.mean(list(ious.values())) > 0.93
+    assert abs(camera.fov_deg - case.camera.fov_deg) < 2.0
