@@ -81,26 +81,9 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
-    return names[dtype]
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (half the memory, tensor cores), float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 class ScenePipeline:
@@ -122,11 +105,12 @@ class ScenePipeline:
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> "ScenePipeline":
         """Load a model folder or hub repo id (see loading.resolve_source); "default" is the shipped model."""
-        from .loading import load_components, read_model_index, resolve_source
+        from .loading import load_components, read_model_index, resolve_device, resolve_dtype, resolve_source
 
         dev = resolve_device(device)
         folder = resolve_source(default_model_path() if str(source) == "default" else source)
-        components = load_components(folder, dtype=resolve_dtype(dtype, dev), device=dev)
+        torch_dtype = default_dtype(dev) if dtype is None else resolve_dtype(dtype)
+        components = load_components(folder, dtype=torch_dtype, device=dev)
         options = PipelineOptions.from_dict(read_model_index(folder).get(OPTIONS_KEY))
         return cls(components, options, source=str(source))
 
@@ -244,13 +228,15 @@ class ScenePipeline:
         meshes = self.decode(latents, settings.mesh_resolution)
         timings["decode"] = time.perf_counter() - clock
 
+        clock = time.perf_counter()
+        report("place", 0, 1)
+        view_meshes = [_to_view_frame(mesh, self.options.frame) for mesh in meshes]
         labels = labels or {}
-        generated = [
-            GeneratedInstance(inst.id, labels.get(inst.id), *_to_view_frame(mesh, self.options.frame))
-            for inst, mesh in zip(instances, meshes)
-        ]
-        frame = {"name": "view", "up": "+Z", "forward": "+Y", "right": "+X", "native": self.options.frame}
-        return GenerationResult(generated, settings, frame, timings=timings)
+        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels)
+        timings["place"] = time.perf_counter() - clock
+        frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
+                 "native": self.options.frame}
+        return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
 
     def _mi_blocks(self, settings: GenerationSettings) -> list[int]:
         blocks = settings.mi_blocks
@@ -292,12 +278,60 @@ def _as_instances(masks: Sequence[InstanceMask] | Image.Image | np.ndarray, size
     return instances
 
 
-def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str) -> tuple[np.ndarray, np.ndarray]:
+def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str) -> tuple[np.ndarray, np.ndarray] | None:
     if mesh is None:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+        return None
     vertices, faces = mesh
     if native_frame == "midi":
         from .placement import MIDI_TO_VIEW
 
         vertices = vertices @ MIDI_TO_VIEW[:3, :3].T + MIDI_TO_VIEW[:3, 3]
     return vertices.astype(np.float32), faces.astype(np.int32)
+
+
+def _place(
+    instances: Sequence[InstanceMask],
+    meshes: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    image_size: tuple[int, int],
+    scene_size_m: float | None,
+    labels: dict[int, str],
+) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
+    """Camera solve, ground and scale; instances without a surface stay empty and unplaced."""
+    from .placement import place_scene
+
+    empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
+    if all(mesh is None for mesh in meshes):
+        return [GeneratedInstance(i.id, labels.get(i.id), *empty) for i in instances], None, {}
+    placement = place_scene(meshes, [i.mask for i in instances], image_size, scene_size_m, ids=[i.id for i in instances])
+    generated = [
+        GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
+        else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)
+        for i, placed in zip(instances, placement.instances)
+    ]
+    supports = {p.id: p.support for p in placement.instances if p is not None}
+    return generated, placement.camera, supports
+
+
+def make_tiny_random_pipeline(folder: str | Path, seed: int = 0, inside_fraction: float = 0.1) -> Path:
+    """Write a tiny random-weight model folder (golden-replica sizes) for tests and demos of the plumbing.
+
+    The VAE's output bias is shifted so that about `inside_fraction` of the box decodes as inside,
+    so the pipeline produces (meaningless) non-empty meshes end to end.
+    """
+    from .loading import save_pipeline
+    from .models.presets import build_components
+
+    components = build_components("tiny", seed=seed)
+    vae = components["vae"]
+    with torch.no_grad():
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn((4, 64, vae.config.latent_channels), generator=generator)
+        axis = torch.linspace(-1.0, 1.0, 17)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3).expand(4, -1, -1)
+        values = vae.decode(latents, grid)
+        vae.decoder.proj_out.bias += torch.quantile(values.flatten(), inside_fraction)
+    options = PipelineOptions(frame="view", num_tokens=64, steps=4, guidance_scale=3.0,
+                              mi_blocks=components["transformer"].default_mi_blocks(3))
+    folder = Path(folder)
+    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
+    return folder

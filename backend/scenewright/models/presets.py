@@ -1,0 +1,74 @@
+"""Named model sizes, so tests, benchmarks and training build the same architectures.
+
+- "tiny": the size of the MIDI-3D golden replica; random weights make a test model in a second.
+- "full": the released MIDI-3D sizes (TripoSG DiT 2048 x 21 blocks, ViT-L CLIP, DINOv2-L with 7 channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..image_processing import ImageProcessorConfig
+from ..schedulers.rectified_flow import RectifiedFlowScheduler, RectifiedFlowSchedulerConfig
+from .dit import TripoSGDiTConfig, TripoSGDiTModel
+from .image_encoders import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
+from .vae import TripoSGVAEConfig, TripoSGVAEModel
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelPreset:
+    transformer: TripoSGDiTConfig
+    vae: TripoSGVAEConfig
+    image_encoder_1: CLIPVisionConfig
+    image_encoder_2: Dinov2Config
+    image_size: int  # crop size of both feature extractors
+    scheduler_shift: float = 1.0
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        TripoSGDiTConfig(num_attention_heads=4, width=64, in_channels=8, num_layers=5, cross_attention_dim=32, cross_attention_2_dim=48),
+        TripoSGVAEConfig(latent_channels=8, num_attention_heads=4, width_encoder=32, width_decoder=48, num_layers_encoder=1, num_layers_decoder=2),
+        CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56, projection_dim=32),
+        Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=70),
+        image_size=56,
+    ),
+    "full": ModelPreset(
+        TripoSGDiTConfig(num_attention_heads=16, width=2048, in_channels=64, num_layers=21, cross_attention_dim=768, cross_attention_2_dim=1024),
+        TripoSGVAEConfig(),
+        CLIPVisionConfig(),
+        Dinov2Config(),
+        image_size=224,
+    ),
+}
+
+
+def feature_extractor_configs(image_size: int) -> tuple[ImageProcessorConfig, ImageProcessorConfig]:
+    """CLIP- and DINO-style preprocessing at `image_size` (DINO resizes to 8/7 of it, then crops)."""
+    clip = ImageProcessorConfig(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                                image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    dino = ImageProcessorConfig(image_processor_type="BitImageProcessor", size={"shortest_edge": image_size * 8 // 7},
+                                crop_size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return clip, dino
+
+
+def build_components(preset: str | ModelPreset, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Randomly initialised components of a preset, keyed like model_index.json."""
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    torch.manual_seed(seed)
+    with torch.device(device):
+        components: dict[str, Any] = {
+            "transformer": TripoSGDiTModel(spec.transformer),
+            "vae": TripoSGVAEModel(spec.vae),
+            "image_encoder_1": CLIPVisionModelWithProjection(spec.image_encoder_1),
+            "image_encoder_2": Dinov2Model(spec.image_encoder_2),
+        }
+    components["scheduler"] = RectifiedFlowScheduler(RectifiedFlowSchedulerConfig(shift=spec.scheduler_shift))
+    components["feature_extractor_1"], components["feature_extractor_2"] = feature_extractor_configs(spec.image_size)
+    return components
