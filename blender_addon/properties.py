@@ -1,0 +1,119 @@
+"""Per-scene inputs, settings and the list of recent jobs (saved with the .blend, so results can be re-imported)."""
+
+from __future__ import annotations
+
+import re
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from . import protocol
+from .images import InputError
+
+
+class SCENEWRIGHT_PG_job(bpy.types.PropertyGroup):
+    """One generation request as the panel lists it."""
+
+    key: StringProperty()  # local id, known before the backend assigns job_id
+    job_id: StringProperty(name="Job")
+    state: StringProperty(name="State", default="submitting")
+    stage: StringProperty(name="Stage")
+    step: IntProperty()
+    total: IntProperty()
+    message: StringProperty(name="Message")
+    result_dir: StringProperty(subtype="DIR_PATH")
+    collection: StringProperty(name="Collection")
+
+    @property
+    def active(self) -> bool:
+        return self.state not in protocol.FINISHED_STATES and self.state != "error"
+
+    @property
+    def progress(self) -> float:
+        if self.state == "succeeded":
+            return 1.0
+        stages = protocol.STAGES
+        index = stages.index(self.stage) if self.stage in stages else 0
+        within = self.step / self.total if self.total else 0.0
+        return min(1.0, (index + within) / (len(stages) - 1))
+
+
+class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
+    reference_image: PointerProperty(name="Reference", type=bpy.types.Image,
+                                     description="The picture to rebuild (default: the image shown in an Image Editor)")
+    seg_image: PointerProperty(name="Masks", type=bpy.types.Image,
+                               description="Seg map: black background, one gray value or flat colour per object")
+    model: StringProperty(name="Model", description="Model to generate with (empty: the backend's loaded model)")
+    steps: IntProperty(name="Steps", default=0, min=0, max=int(protocol.SETTING_RANGES["steps"].high),
+                       description="Denoising steps (0: the model's default)")
+    custom_guidance: BoolProperty(name="Custom Guidance", default=False,
+                                  description="Override the model's classifier-free guidance scale")
+    guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0,
+                                  max=protocol.SETTING_RANGES["guidance_scale"].high)
+    seed: IntProperty(name="Seed", default=0, min=0)
+    mi_blocks: StringProperty(name="Multi-Instance Blocks",
+                              description="Transformer blocks with multi-instance attention, e.g. 8-12 or 8,10,12 "
+                                          "(empty: the model's default)")
+    mesh_resolution: IntProperty(name="Mesh Detail", default=128, min=int(protocol.SETTING_RANGES["mesh_resolution"].low),
+                                 max=int(protocol.SETTING_RANGES["mesh_resolution"].high),
+                                 description="Resolution of the grid the surfaces are extracted on (higher: finer, slower)")
+    scene_size_m: FloatProperty(name="Scene Size", default=0.0, min=0.0, max=protocol.SETTING_RANGES["scene_size_m"].high,
+                                unit="LENGTH", description="Width of the generated scene in metres (0: automatic)")
+    error: StringProperty(name="Error")
+    jobs: CollectionProperty(type=SCENEWRIGHT_PG_job)
+    jobs_index: IntProperty()
+
+    def generation_settings(self) -> dict:
+        """The settings as the backend expects them (protocol.GenerationSettings), validated here first."""
+        settings = {
+            "steps": self.steps or None,
+            "guidance_scale": self.guidance_scale if self.custom_guidance else None,
+            "seed": self.seed,
+            "mi_blocks": parse_blocks(self.mi_blocks),
+            "mesh_resolution": self.mesh_resolution,
+            "scene_size_m": self.scene_size_m or None,
+            "model": self.model.strip() or None,
+        }
+        try:
+            return protocol.GenerationSettings.from_dict(settings).to_dict()
+        except protocol.SettingsError as exc:
+            raise InputError(str(exc)) from None
+
+    def job(self, key: str) -> SCENEWRIGHT_PG_job | None:
+        """The list entry with this local key or backend job id."""
+        for item in self.jobs:
+            if key and key in (item.key, item.job_id):
+                return item
+        return None
+
+
+def parse_blocks(text: str) -> list[int] | None:
+    """'8-12' / '8, 9, 12' -> [8, 9, 10, 11, 12] / [8, 9, 12]; empty -> None (the model's default)."""
+    text = text.strip()
+    if not text:
+        return None
+    blocks: list[int] = []
+    for part in re.split(r"[,\s]+", text):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None:
+            raise InputError(f"multi-instance blocks: cannot read {part!r}; write block indices like 8-12 or 8,10,12")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        blocks += range(low, high + 1)
+    return sorted(set(blocks))
+
+
+CLASSES = (SCENEWRIGHT_PG_job, SCENEWRIGHT_PG_scene)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.scenewright = PointerProperty(type=SCENEWRIGHT_PG_scene)
+    bpy.types.WindowManager.scenewright_backend_status = StringProperty(name="Backend Status")
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.scenewright_backend_status
+    del bpy.types.Scene.scenewright
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
