@@ -141,7 +141,7 @@ class ScenePipeline:
         tokens = self.options.num_tokens or config.width
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = torch.randn((num_instances, tokens, config.in_channels), generator=generator, dtype=torch.float32)
-        return latents.to(self.device, self.dtype)
+        return latents.to(self.device)
 
     @torch.no_grad()
     def denoise(
@@ -154,7 +154,10 @@ class ScenePipeline:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> torch.Tensor:
-        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step, CFG."""
+        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step, CFG.
+
+        Latents stay float32 between steps (the DiT may run in bf16/fp16).
+        """
         num_instances = latents.shape[0]
         cfg = guidance_scale > 1.0
         if cfg:  # unconditional rows first, exact zeros as in MIDI
@@ -164,9 +167,9 @@ class ScenePipeline:
         for i, t in enumerate(self.scheduler.timesteps):
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled()
-            model_in = torch.cat([latents, latents]) if cfg else latents
+            model_in = (torch.cat([latents, latents]) if cfg else latents).to(self.dtype)
             timestep = t.to(self.device).expand(model_in.shape[0])
-            velocity = self.transformer(model_in, timestep, emb1, emb2, num_instances=num_instances)
+            velocity = self.transformer(model_in, timestep, emb1, emb2, num_instances=num_instances).float()
             if cfg:
                 uncond, cond = velocity.chunk(2)
                 velocity = uncond + guidance_scale * (cond - uncond)
@@ -180,10 +183,10 @@ class ScenePipeline:
         """VAE field of every instance at once -> one mesh per instance (None when the field has no surface)."""
         from .meshing import extract_meshes
 
-        kv = self.vae.decoder_kv(latents)
+        kv = self.vae.decoder_kv(latents.to(next(self.vae.parameters()).dtype))
 
         def field_fn(points: torch.Tensor) -> torch.Tensor:
-            return self.vae.query(kv, points.to(self.device, kv.dtype)).float()
+            return self.vae.query(kv, points.to(self.device, torch.float32)).float()  # coordinates stay fp32
 
         bound = self.options.bbox
         extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-bound,) * 3, (bound,) * 3)
