@@ -23,9 +23,26 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..camera import render_silhouettes
 from ..evaluation.cases import list_cases, load_case, write_prediction
 from ..evaluation.metrics import reprojection_ious, sample_surface
-from ..placement import place_scene, solve_camera
+from ..placement import camera_from_params, place_scene, solve_camera
+
+
+def raster_timing(meshes: int = 8, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of render_silhouettes for `meshes` spheres of about 10k triangles each at 512x512."""
+    import trimesh
+
+    sphere = trimesh.creation.uv_sphere(radius=1.0, count=[40, 64])  # about 10k triangles
+    faces = np.asarray(sphere.faces)
+    scene = [(np.asarray(sphere.vertices) * 0.6 + [2.0 * (k % 4) - 3.0, 8.0 + 2.0 * (k // 4), 0.6], faces) for k in range(meshes)]
+    camera = camera_from_params(20.0, 50.0, (0.0, 0.0, 2.0), (512, 512))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render_silhouettes(scene, camera)
+        seconds.append(time.perf_counter() - start)
+    return {"meshes": meshes, "triangles_per_mesh": len(faces), "resolution": 512, "median_s": float(np.median(seconds))}
 
 
 def _support_distance(placement, index: dict[int, int], inst_id: int, support: int | None) -> float:
@@ -102,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "contact_error_rel_max": float(distances.max()),
         "contacts_within_2pct": float(np.mean(distances <= 0.02)),
         "support_found_correctly": float(np.mean([c["gt_support"] == c["found_support"] for c in contacts])),
+        "raster": {"one_mesh": raster_timing(1), "eight_meshes": raster_timing(8)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "placement.json").write_text(json.dumps({"summary": summary, "cases": per_case}, indent=1))
