@@ -40,7 +40,6 @@ class PipelineOptions:
     steps: int = 50
     guidance_scale: float = 7.0
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
-    attention_mode: str = "multi_instance"
     bbox: float = 1.005  # the decoder field is meshed in [-bbox, bbox]^3
 
     @classmethod
@@ -219,7 +218,7 @@ class ScenePipeline:
         timings["encode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        self.transformer.set_attention_layout(self._mi_blocks(settings), self.options.attention_mode)
+        self.transformer.set_attention_layout(self._mi_blocks(settings), "multi_instance")
         latents = self.prepare_latents(len(instances), settings.seed)
         steps = settings.steps or self.options.steps
         guidance = self.options.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
