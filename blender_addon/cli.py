@@ -91,7 +91,8 @@ def batch(input_dir: str, out_dir: str, *, backend: BackendSettings | None = Non
     results = []
     for case in cases:
         start = time.perf_counter()
-        entry: dict[str, Any] = {"name": case.name, "ok": False, "error": None}
+        entry: dict[str, Any] = {"name": case.name, "ok": False, "error": None, "job_id": None, "collection": None,
+                                 "objects": [], "camera": None, "blend": None}
         try:
             entry.update(generate(str(case / "image.png"), str(case / "seg.png"), str(out / f"{case.name}.blend"),
                                   render=str(out / f"{case.name}.png") if render else None,

@@ -68,6 +68,29 @@ def done(result):
     with open(sys.argv[2], "w", encoding="utf-8") as fh:
         json.dump(result, fh)
 
+
+def describe(objects):
+    """Name -> type, collections, matrix, custom properties; local/world bounds of meshes; camera lens and background."""
+    import numpy as np
+
+    out = {}
+    for obj in objects:
+        entry = {"type": obj.type, "collections": [c.name for c in obj.users_collection],
+                 "matrix_world": [list(row) for row in obj.matrix_world],
+                 "props": {k: obj[k] for k in obj.keys() if k.startswith("scenewright_")}}
+        if obj.type == "MESH":
+            local = np.array([v.co[:] for v in obj.data.vertices]).reshape(-1, 3)
+            world = np.array([(obj.matrix_world @ v.co)[:] for v in obj.data.vertices]).reshape(-1, 3)
+            entry.update(mesh=obj.data.name, mesh_users=obj.data.users, faces=len(obj.data.polygons),
+                         local_min=local.min(0).tolist(), local_max=local.max(0).tolist(),
+                         world_min=world.min(0).tolist(), world_max=world.max(0).tolist())
+        if obj.type == "CAMERA":
+            background = obj.data.background_images[0] if obj.data.background_images else None
+            entry.update(angle=obj.data.angle, sensor_fit=obj.data.sensor_fit, show_bg=obj.data.show_background_images,
+                         bg_image=background.image.name if background and background.image else None)
+        out[obj.name] = entry
+    return out
+
 '''
 
 
@@ -106,7 +129,7 @@ class Blender:
 
     def run(self, code: str, params: dict | None = None, timeout: float = 300) -> BlenderRun:
         """Like run_raw, with the extension enabled first and PARAMS / done() defined."""
-        run = self.run_raw(PREAMBLE.format(module=ADDON_MODULE) + textwrap.dedent(code), params, timeout)
+        run = self.run_raw(PREAMBLE.replace("{module}", ADDON_MODULE) + textwrap.dedent(code), params, timeout)
         if run.result is None:
             raise AssertionError(f"Blender script gave no result (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         return run
@@ -131,9 +154,11 @@ def blender(tmp_path_factory: pytest.TempPathFactory, addon_zip: Path) -> Blende
 
 
 @pytest.fixture(scope="session")
-def tiny_model(golden_dir: Path) -> Path:
-    """A tiny random-weight model folder in the MIDI-3D layout."""
-    return golden_dir / "tiny-midi-3d"
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight model folder (meaningless meshes, real plumbing)."""
+    from scenewright.pipeline import make_tiny_random_pipeline
+
+    return make_tiny_random_pipeline(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +174,6 @@ def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, addon):
 
 
 @pytest.fixture(scope="session")
-def example_case(shared_dir: Path) -> Path:
-    """One of the project's example cases: image.png + seg.png (+ scene.json)."""
-    return shared_dir / "benchmark" / "dev" / "case_000"
+def example_cases(shared_dir: Path) -> list[Path]:
+    """Some of the project's example cases (image.png + seg.png), small ones first to keep CPU time down."""
+    return [shared_dir / "benchmark" / "dev" / name for name in ("case_003", "case_004", "case_005")]

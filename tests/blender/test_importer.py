@@ -43,8 +43,6 @@ def _write_result(folder):
 
 
 IMPORT_SCRIPT = '''
-import numpy as np
-from mathutils import Matrix
 importer = sys.modules[EXT.__name__ + ".importer"]
 images = sys.modules[EXT.__name__ + ".images"]
 
@@ -52,22 +50,7 @@ bpy.ops.wm.read_homefile(use_empty=True)
 scene = bpy.context.scene
 reference = images.load_image(PARAMS["reference"])
 imported = importer.import_result(PARAMS["folder"], scene, reference)
-objects = {}
-for obj in imported.collection.objects:
-    entry = {"type": obj.type, "collections": [c.name for c in obj.users_collection],
-             "matrix_world": [list(row) for row in obj.matrix_world],
-             "props": {k: obj[k] for k in obj.keys() if k.startswith("scenewright_")}}
-    if obj.type == "MESH":
-        local = np.array([v.co[:] for v in obj.data.vertices])
-        world = np.array([(obj.matrix_world @ v.co)[:] for v in obj.data.vertices])
-        entry.update(mesh=obj.data.name, mesh_users=obj.data.users, local_min=local.min(0).tolist(),
-                     local_max=local.max(0).tolist(), world_min=world.min(0).tolist(), world_max=world.max(0).tolist(),
-                     faces=len(obj.data.polygons))
-    if obj.type == "CAMERA":
-        background = obj.data.background_images[0] if obj.data.background_images else None
-        entry.update(angle=obj.data.angle, sensor_fit=obj.data.sensor_fit, show_bg=obj.data.show_background_images,
-                     bg_image=background.image.name if background else None)
-    objects[obj.name] = entry
+objects = describe(imported.collection.objects)
 done({"collection": imported.collection.name, "collection_job": imported.collection.get("scenewright_job_id"),
       "scene_collections": [c.name for c in scene.collection.children], "objects": objects,
       "skipped": imported.skipped, "scene_camera": scene.camera.name if scene.camera else None,

@@ -1,0 +1,196 @@
+"""The panel's operators and the command line against a real backend process, on the project's example cases."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCENE_SIZE_M = 3.0
+
+CONFIGURE = '''
+def configure(**prefs_values):
+    bpy.ops.wm.read_homefile(use_empty=True)
+    prefs = bpy.context.preferences.addons[EXT.__name__].preferences
+    for key, value in prefs_values.items():
+        setattr(prefs, key, value)
+    return bpy.context.scene.scenewright
+
+images = sys.modules[EXT.__name__ + ".images"]
+'''
+
+GENERATE_SCRIPT = CONFIGURE + '''
+props = configure(backend_mode="REMOTE", url=PARAMS["url"], token=PARAMS["token"], data_dir=PARAMS["data_dir"])
+props.reference_image = images.load_image(PARAMS["image"])
+props.seg_image = images.load_image(PARAMS["seg"])
+props.steps, props.mesh_resolution, props.seed, props.scene_size_m = 2, 32, 7, PARAMS["scene_size_m"]
+outcome = bpy.ops.scenewright.generate()
+job = props.jobs[0]
+collection = bpy.data.collections[job.collection]
+scene = bpy.context.scene
+done({"outcome": sorted(outcome), "state": job.state, "job_id": job.job_id, "result_dir": job.result_dir,
+      "error": props.error, "collection": collection.name,
+      "scene_collections": [c.name for c in scene.collection.children], "objects": describe(collection.objects),
+      "scene_camera": scene.camera.name if scene.camera else None, "reference": props.reference_image.name,
+      "render": [scene.render.resolution_x, scene.render.resolution_y]})
+'''
+
+
+def _instance_ids(seg_path: Path) -> list[int]:
+    seg = np.asarray(Image.open(seg_path).convert("L"))
+    return [int(v) for v in np.unique(seg) if v != 0]
+
+
+def test_generate_operator_imports_the_placed_scene(blender, backend, example_cases, tmp_path):
+    case = example_cases[0]
+    conn = backend.connection
+    run = blender.run(GENERATE_SCRIPT, {"url": conn.url, "token": conn.token, "data_dir": str(tmp_path),
+                                        "image": str(case / "image.png"), "seg": str(case / "seg.png"),
+                                        "scene_size_m": SCENE_SIZE_M})
+    out = run.result
+    assert out["outcome"] == ["FINISHED"] and out["state"] == "succeeded" and out["error"] == ""
+    manifest = json.loads((Path(out["result_dir"]) / "result.json").read_text())
+    assert manifest["job_id"] == out["job_id"]
+    assert sorted(inst["id"] for inst in manifest["instances"]) == _instance_ids(case / "seg.png")
+
+    # one object per non-empty instance, named after its node, all in one new collection of the scene
+    expected = sorted(inst["node"] for inst in manifest["instances"] if not inst["empty"])
+    meshes = {name: o for name, o in out["objects"].items() if o["type"] == "MESH"}
+    assert sorted(meshes) == expected and len(expected) >= 1
+    assert out["scene_collections"] == [out["collection"]]
+    for name, obj in meshes.items():
+        assert obj["collections"] == [out["collection"]] and obj["mesh"] == name and obj["mesh_users"] == 1
+        size = np.subtract(obj["local_max"], obj["local_min"])
+        assert obj["local_min"][2] == pytest.approx(0.0, abs=1e-6 * size.max())  # origin at the bottom ...
+        np.testing.assert_allclose(np.add(obj["local_min"][:2], obj["local_max"][:2]) / 2, 0.0, atol=1e-6 * size.max())
+        assert obj["props"]["scenewright_job_id"] == out["job_id"] and obj["props"]["scenewright_seed"] == 7
+        inst = next(i for i in manifest["instances"] if i["node"] == name)
+        assert obj["props"]["scenewright_instance_id"] == inst["id"]
+        assert json.loads(obj["props"]["scenewright_settings"])["steps"] == 2
+    # ground contact and the requested scene size
+    lows = np.array([o["world_min"] for o in meshes.values()])
+    highs = np.array([o["world_max"] for o in meshes.values()])
+    assert lows[:, 2].min() == pytest.approx(0.0, abs=1e-3 * SCENE_SIZE_M)
+    footprint = highs[:, :2].max(0) - lows[:, :2].min(0)
+    assert footprint.max() == pytest.approx(SCENE_SIZE_M, rel=0.02)
+
+    cameras = [o for o in out["objects"].values() if o["type"] == "CAMERA"]
+    assert manifest["camera"] is not None, "the backend returned no camera"
+    assert len(cameras) == 1 and out["scene_camera"] is not None
+    assert cameras[0]["angle"] == pytest.approx(math.radians(manifest["camera"]["fov_deg"]), rel=1e-6)
+    np.testing.assert_allclose(cameras[0]["matrix_world"], manifest["camera"]["matrix_world"], atol=1e-5)
+    assert cameras[0]["show_bg"] and cameras[0]["bg_image"] == out["reference"]
+    assert out["render"] == list(Image.open(case / "image.png").size)
+    assert "Traceback" not in run.stderr
+
+
+BATCH_SCRIPT = CONFIGURE + '''
+configure(backend_mode="REMOTE", data_dir=PARAMS["data_dir"])
+cli = sys.modules[EXT.__name__ + ".cli"]
+code = cli.main(["batch", "--input-dir", PARAMS["input"], "--out-dir", PARAMS["out"], "--url", PARAMS["url"],
+                 "--token=" + PARAMS["token"], "--steps", "2", "--mesh-resolution", "32", "--seed", "3"])
+summary = json.loads(open(PARAMS["out"] + "/summary.json").read())
+reopened = {}
+for case in summary["cases"]:
+    if case["ok"]:
+        bpy.ops.wm.open_mainfile(filepath=case["blend"])
+        collection = bpy.data.collections[case["collection"]]
+        reopened[case["name"]] = {"objects": describe(collection.objects),
+                                  "camera": bpy.context.scene.camera.name if bpy.context.scene.camera else None}
+done({"code": code, "summary": summary, "reopened": reopened})
+'''
+
+
+def test_cli_batch_continues_past_failures_and_writes_blends_that_reopen(blender, backend, example_cases, tmp_path):
+    inputs = tmp_path / "inputs"
+    for case in example_cases[1:3]:
+        shutil.copytree(case, inputs / case.name, ignore=shutil.ignore_patterns("instances", "scene.json"))
+    broken = inputs / "broken"
+    broken.mkdir()
+    (broken / "image.png").write_text("this is not a picture")
+    shutil.copy(example_cases[1] / "seg.png", broken / "seg.png")
+    conn = backend.connection
+    run = blender.run(BATCH_SCRIPT, {"url": conn.url, "token": conn.token, "data_dir": str(tmp_path / "data"),
+                                     "input": str(inputs), "out": str(tmp_path / "out")})
+    out = run.result
+    summary = out["summary"]
+    assert out["code"] == 1  # one case failed
+    assert (summary["succeeded"], summary["failed"]) == (2, 1)
+    by_name = {case["name"]: case for case in summary["cases"]}
+    assert "is not an image" in by_name["broken"]["error"] and by_name["broken"]["blend"] is None
+    for case in example_cases[1:3]:
+        entry = by_name[case.name]
+        assert Path(entry["blend"]).is_file()
+        reopened = out["reopened"][case.name]
+        meshes = sorted(name for name, o in reopened["objects"].items() if o["type"] == "MESH")
+        assert meshes == entry["objects"] and 1 <= len(meshes) <= len(_instance_ids(case / "seg.png"))
+        assert reopened["camera"] == entry["camera"] and reopened["camera"] is not None
+        assert all(o["props"]["scenewright_job_id"] == entry["job_id"] for o in reopened["objects"].values())
+    assert "Traceback" not in run.stderr
+
+
+ERRORS_SCRIPT = CONFIGURE + '''
+def attempt(image, seg, **prefs_values):
+    props = configure(**prefs_values)
+    try:
+        props.reference_image = images.load_image(image)
+        props.seg_image = images.load_image(seg)
+    except images.InputError as exc:  # what the panel's Open shows
+        return {"raised": str(exc), "panel": str(exc)}
+    props.steps, props.mesh_resolution = 2, 32
+    try:
+        bpy.ops.scenewright.generate()
+    except RuntimeError as exc:  # an ERROR report from an operator run by Python
+        return {"raised": str(exc), "panel": props.error, "jobs": [j.state for j in props.jobs]}
+    return {"raised": None, "panel": props.error}
+
+image, seg, data = PARAMS["image"], PARAMS["seg"], PARAMS["data_dir"]
+cli = sys.modules[EXT.__name__ + ".cli"]
+done({
+    "wrong_url": attempt(image, seg, backend_mode="REMOTE", url=PARAMS["closed_url"], token="x", data_dir=data),
+    "wrong_token": attempt(image, seg, backend_mode="REMOTE", url=PARAMS["url"], token="not-the-token", data_dir=data),
+    "stopped_backend": attempt(image, seg, backend_mode="LOCAL", auto_start=False, data_dir=PARAMS["stale_dir"]),
+    "not_an_image": attempt(PARAMS["text_file"], seg, backend_mode="REMOTE", url=PARAMS["url"], token=PARAMS["token"],
+                            data_dir=data),
+    "cli_not_an_image": cli.main(["generate", "--image", PARAMS["text_file"], "--seg", seg, "--out",
+                                  data + "/x.blend", "--url", PARAMS["url"], "--token=" + PARAMS["token"]]),
+})
+'''
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_wrong_url_wrong_token_stopped_backend_and_non_image_give_clear_messages(blender, backend, example_cases, tmp_path):
+    case = example_cases[1]
+    closed = _closed_port_url()
+    stale = tmp_path / "stale"  # a backend that died: its state file names a port nobody listens on
+    stale.mkdir()
+    (stale / "service.json").write_text(json.dumps({"url": closed, "pid": 999999, "token": "t"}))
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("hello, not an image")
+    conn = backend.connection
+    run = blender.run(ERRORS_SCRIPT, {"url": conn.url, "token": conn.token, "closed_url": closed,
+                                      "stale_dir": str(stale), "data_dir": str(tmp_path), "image": str(case / "image.png"),
+                                      "seg": str(case / "seg.png"), "text_file": str(text_file)})
+    out = run.result
+    assert "no backend is running at" in out["wrong_url"]["raised"] and closed in out["wrong_url"]["panel"]
+    assert out["wrong_url"]["jobs"] == ["error"]
+    assert "refused the access token" in out["wrong_token"]["raised"]
+    assert "refused the access token" in out["wrong_token"]["panel"]
+    assert "local backend is not running" in out["stopped_backend"]["raised"]
+    assert "Start Backend" in out["stopped_backend"]["panel"]
+    assert "is not an image Blender can read" in out["not_an_image"]["raised"]
+    assert out["cli_not_an_image"] == 1
+    assert "scenewright: error:" in run.stderr and "is not an image Blender can read" in run.stderr
+    assert "Traceback" not in run.stderr and "Traceback" not in run.stdout
