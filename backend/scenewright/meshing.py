@@ -121,7 +121,11 @@ def grid_to_mesh(
 
 
 class _FieldSampler:
-    """Evaluates grid samples of every batch row in shared field_fn calls, counting the queries."""
+    """Evaluates grid samples of every batch row in shared field_fn calls, counting the queries.
+
+    `chunk_size` bounds the points of one call, all rows together: decoder activations
+    grow with it (the full-size VAE's feed-forward holds 4096 values per point).
+    """
 
     def __init__(self, field_fn: FieldFn, axes: list[np.ndarray], chunk_size: int) -> None:
         self.field_fn = field_fn
@@ -147,8 +151,9 @@ class _FieldSampler:
         points = np.stack([self.axes[d][padded[..., d]] for d in range(3)], axis=-1)
         points_t = torch.from_numpy(points)
         out = np.empty((len(indices), longest), dtype=np.float32)
-        for start in range(0, longest, self.chunk_size):
-            chunk = points_t[:, start : start + self.chunk_size]
+        per_row = max(1, self.chunk_size // len(indices))
+        for start in range(0, longest, per_row):
+            chunk = points_t[:, start : start + per_row]
             out[:, start : start + chunk.shape[1]] = self.field_fn(chunk).float().cpu().numpy()
             self.num_queries += chunk.shape[0] * chunk.shape[1]
             self.num_calls += 1
@@ -162,7 +167,7 @@ def extract_meshes_dense(
     bbox_min: Vec3 = DEFAULT_BBOX_MIN,
     bbox_max: Vec3 = DEFAULT_BBOX_MAX,
     level: float = 0.0,
-    chunk_size: int = 262144,
+    chunk_size: int = 131072,
     reference_vertex_mapping: bool = False,
 ) -> ExtractionResult:
     """Evaluate every sample of the grid, then marching cubes: the reference path, for comparison."""
@@ -245,7 +250,7 @@ def extract_meshes(
     bbox_max: Vec3 = DEFAULT_BBOX_MAX,
     level: float = 0.0,
     coarse_resolution: int | None = None,
-    chunk_size: int = 262144,
+    chunk_size: int = 131072,
     band: float = 1.0,
     dilation: int = 1,
     max_repair_rounds: int = 8,

@@ -1,0 +1,50 @@
+"""`scenewright bench extraction|sampler`: print a table, optionally write the numbers as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scenewright bench", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    ext = sub.add_parser("extraction", help="analytic scene: dense vs coarse-to-fine mesh extraction")
+    ext.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis")
+    ext.add_argument("--coarse-resolution", type=int, default=None)
+    ext.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    smp = sub.add_parser("sampler", help="encode / denoise / decode seconds and peak memory, random weights")
+    smp.add_argument("--config", choices=("small", "full"), default="small")
+    smp.add_argument("--instances", default="1,3,5,8", help="comma-separated instance counts")
+    smp.add_argument("--steps", type=int, default=50)
+    smp.add_argument("--guidance-scale", type=float, default=7.0)
+    smp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    smp.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16 on CUDA, else fp32)")
+    smp.add_argument("--resolution", type=int, default=None, help="mesh cells per axis (default: the preset's)")
+    smp.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.what == "extraction":
+        from .extraction import format_extraction, run_extraction
+
+        result = run_extraction(args.resolution, args.coarse_resolution)
+        print(format_extraction(result))
+    else:
+        import torch
+
+        from .sampler import format_sampler, run_sampler
+
+        with torch.inference_mode():
+            result = run_sampler(
+                args.config, tuple(int(n) for n in args.instances.split(",")), args.steps, args.guidance_scale,
+                args.device, args.dtype, args.resolution,
+            )
+        print(format_sampler(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0

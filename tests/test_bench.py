@@ -1,0 +1,40 @@
+"""`scenewright bench` runs end to end on tiny settings and reports what docs/performance.md quotes."""
+
+from __future__ import annotations
+
+import json
+
+from scenewright.bench.run import main
+from scenewright.bench.sampler import PRESETS, estimate_peak_bytes, parameter_counts
+
+
+def test_extraction_benchmark_reports_counts_and_equal_meshes(tmp_path, capsys):
+    out = tmp_path / "extraction.json"
+    assert main(["extraction", "--resolution", "64", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dense_queries"] == 3 * 65**3
+    assert 0 < result["coarse_to_fine_queries"] < result["dense_queries"]
+    assert result["identical_meshes"] is True
+    assert "query ratio" in capsys.readouterr().out
+
+
+def test_sampler_benchmark_times_every_stage(tmp_path, capsys):
+    out = tmp_path / "sampler.json"
+    argv = ["sampler", "--config", "small", "--steps", "2", "--instances", "1,2", "--resolution", "16", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [row["instances"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["encode_s"] > 0 and row["denoise_s"] > 0 and row["decode_s"] > 0
+        assert row["peak_rss_bytes"] > 0
+    assert "denoise s" in capsys.readouterr().out
+
+
+def test_memory_estimate_counts_the_full_architecture():
+    counts = parameter_counts(PRESETS["full"])
+    assert 1.5e9 < counts["transformer"] < 2.0e9  # TripoSG DiT: width 2048, 21 blocks, two cross-attentions
+    assert 2.9e8 < counts["image_encoder_1"] < 3.1e8 and 2.9e8 < counts["image_encoder_2"] < 3.2e8  # ViT-L/14
+    five = estimate_peak_bytes(PRESETS["full"], 5)
+    eight = estimate_peak_bytes(PRESETS["full"], 8)
+    assert five["weights"] == 2 * sum(counts.values())
+    assert eight["denoise_activations"] > five["denoise_activations"]
