@@ -1,0 +1,141 @@
+"""`scenewright make-data`: render many procedural blockout cases with Blender worker processes.
+
+Case i is a pure function of (seed, i), so any subset can be (re)made anywhere
+and a run can be stopped and resumed: finished cases (their final folder
+exists) are skipped, half-written ones (temporary folders) are redone. Only
+the spawned workers import bpy, once each, and render many cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INDEX_FORMAT = "scene-case-index/1"
+GENERATOR = "scenewright-make-data/1"
+MAX_ATTEMPTS = 20
+_TMP_PREFIX = ".tmp_"
+
+
+def case_name(index: int) -> str:
+    return f"case_{index:06d}"
+
+
+def case_seed(seed: int, index: int, attempt: int = 0) -> int:
+    """The scene seed of case `index`, attempt `attempt` (a rejected scene is replaced by the next attempt)."""
+    return int(np.random.SeedSequence([seed, index, attempt]).generate_state(1)[0])
+
+
+def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, threads: int, split: str) -> dict:
+    """Render case `index` into a temporary folder, then rename it into place; returns its INDEX entry."""
+    from . import render  # bpy: imported in worker processes only
+    from .scenes import sample_scene
+
+    final = out / case_name(index)
+    tmp = out / f"{_TMP_PREFIX}{case_name(index)}_{os.getpid()}"
+    for attempt in range(MAX_ATTEMPTS):
+        shutil.rmtree(tmp, ignore_errors=True)
+        scene = sample_scene(case_seed(seed, index, attempt), resolution)
+        try:
+            entry = render.render_case(scene, tmp, resolution, samples, threads)
+        except render.SceneRejected:
+            continue
+        entry = {"case": final.name, "split": split, **entry, "attempt": attempt}
+        meta_path = tmp / "scene.json"
+        case = json.loads(meta_path.read_text())
+        case["split"] = split
+        case["index_entry"] = entry  # lets INDEX.json be rebuilt from the case folders alone
+        meta_path.write_text(json.dumps(case, indent=2))
+        os.replace(tmp, final)
+        return entry
+    raise RuntimeError(f"case {index}: no valid scene in {MAX_ATTEMPTS} attempts")
+
+
+def _quiet_worker() -> None:
+    """Blender prints a line per render tile to the C-level stdout; keep the progress bar readable."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def _run_one(job: tuple) -> dict:
+    return make_case(*job)
+
+
+def pending_cases(out: Path, count: int, start: int = 0) -> list[int]:
+    """Indices in [start, start+count) without a finished case folder; clears half-written folders."""
+    for stale in out.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return [i for i in range(start, start + count) if not (out / case_name(i) / "scene.json").is_file()]
+
+
+def write_index(out: Path) -> dict[str, Any]:
+    """INDEX.json over every finished case in `out`, like the benchmark's dev set index."""
+    cases = []
+    for scene_json in sorted(out.glob("case_*/scene.json")):
+        entry = json.loads(scene_json.read_text()).get("index_entry")
+        if entry is not None:
+            cases.append(entry)
+    labels = Counter(label for c in cases for label in c["labels"])
+    tags = Counter(tag for c in cases for tag in c["tags"])
+    index = {
+        "format": INDEX_FORMAT,
+        "generator": GENERATOR,
+        "n_cases": len(cases),
+        "n_instances": sum(c["n"] for c in cases),
+        "histogram_instances_per_case": {str(k): v for k, v in sorted(Counter(c["n"] for c in cases).items())},
+        "histogram_labels": dict(labels.most_common()),
+        "histogram_tags": dict(tags.most_common()),
+        "cases": cases,
+    }
+    (out / "INDEX.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scenewright make-data", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; resumable)")
+    p.add_argument("--count", type=int, required=True, help="number of cases")
+    p.add_argument("--start", type=int, default=0, help="first case index (to split a run across machines)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed: case i depends only on (seed, i)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Blender worker processes")
+    p.add_argument("--threads", type=int, default=1, help="render threads per worker")
+    p.add_argument("--resolution", type=int, default=512, help="square image side in pixels")
+    p.add_argument("--samples", type=int, default=8, help="Cycles samples per pixel (denoised)")
+    p.add_argument("--split", default="train", help="split name written into scene.json and INDEX.json")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from tqdm import tqdm
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    todo = pending_cases(out, args.count, args.start)
+    print(f"make-data: {args.count - len(todo)} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
+    jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split) for i in todo]
+    start = time.perf_counter()
+    if jobs:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(max(1, min(args.workers, len(jobs))), initializer=_quiet_worker) as pool:
+            for _ in tqdm(pool.imap_unordered(_run_one, jobs), total=len(jobs), unit="case", file=sys.stderr):
+                pass
+    elapsed = time.perf_counter() - start
+    index = write_index(out)
+    if jobs:
+        rate = len(jobs) / elapsed * 3600.0
+        print(f"make-data: {len(jobs)} cases in {elapsed:.1f} s ({elapsed / len(jobs):.2f} s/case, {rate:.0f} cases/hour "
+              f"with {args.workers} workers)", file=sys.stderr)
+    print(f"make-data: {index['n_cases']} cases, {index['n_instances']} instances in {out}", file=sys.stderr)
+    return 0
