@@ -1,0 +1,89 @@
+"""Masks made in Blender: automatic masks on a plain background, blank masks, and the PNG bytes sent to the backend."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def _plain_background_scene() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A light, slightly noisy background with a box, a ring (its hole shows background) and a disc, plus a speck."""
+    rng = np.random.default_rng(0)
+    height, width = 100, 140
+    rgb = (235 + rng.integers(-3, 4, (height, width, 3))).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    box = (yy >= 50) & (yy < 90) & (xx >= 10) & (xx < 40)
+    radius = np.hypot(yy - 45, xx - 75)
+    ring = (radius >= 8) & (radius < 18)
+    disc = np.hypot(yy - 70, xx - 118) < 12
+    for mask, colour in ((box, (190, 40, 30)), (ring, (30, 60, 200)), (disc, (40, 160, 60))):
+        rgb[mask] = colour
+    rgb[5:7, 5:7] = (0, 0, 0)  # 4 pixels of dirt: dropped as noise
+    hole = radius < 8
+    return rgb, [box, ring | hole, disc]  # the ring's hole is not connected to the border: part of the ring
+
+
+MASKS_SCRIPT = '''
+import numpy as np
+from scipy import ndimage
+masks = sys.modules[EXT.__name__ + ".masks"]
+images = sys.modules[EXT.__name__ + ".images"]
+
+# connected components agree with scipy's on random masks (4-connectivity)
+rng = np.random.default_rng(1)
+agree = []
+for density in (0.3, 0.5, 0.7):
+    mask = rng.random((60, 80)) < density
+    ours, count = masks.label_components(mask)
+    theirs, count_scipy = ndimage.label(mask)
+    pairs = set(zip(ours[mask].tolist(), theirs[mask].tolist()))
+    agree.append(count == count_scipy and len(pairs) == count and (ours > 0).tolist() == mask.tolist())
+
+bpy.ops.wm.read_homefile(use_empty=True)
+props = bpy.context.scene.scenewright
+props.reference_image = images.load_image(PARAMS["image"])
+auto = bpy.ops.scenewright.auto_masks()
+seg = images.image_to_array(props.seg_image)
+with open(PARAMS["seg_png"], "wb") as fh:
+    fh.write(images.encode_png(seg[..., 0]))
+blank = bpy.ops.scenewright.create_blank_mask()
+blank_pixels = images.image_to_array(props.seg_image)
+try:
+    bpy.ops.scenewright.generate()
+    generate_error = None
+except RuntimeError as exc:
+    generate_error = str(exc)
+
+rgba = (rng.random((7, 9, 4)) * 255).astype(np.uint8)
+for name, array in (("gray", rgba[..., 0]), ("rgb", rgba[..., :3]), ("rgba", rgba)):
+    with open(PARAMS["png_dir"] + "/" + name + ".png", "wb") as fh:
+        fh.write(images.encode_png(array))
+np.save(PARAMS["png_dir"] + "/source.npy", rgba)
+done({"agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
+      "blank_max": int(blank_pixels[..., :3].max()), "generate_error": generate_error, "panel": props.error})
+'''
+
+
+def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
+    rgb, expected = _plain_background_scene()
+    Image.fromarray(rgb).save(tmp_path / "scene.png")
+    run = blender.run(MASKS_SCRIPT, {"image": str(tmp_path / "scene.png"), "seg_png": str(tmp_path / "seg.png"),
+                                     "png_dir": str(tmp_path)})
+    out = run.result
+    assert out["agree"] == [True, True, True]
+
+    assert out["auto"] == ["FINISHED"]
+    seg = np.asarray(Image.open(tmp_path / "seg.png"))
+    values = [v for v in np.unique(seg) if v != 0]
+    assert len(values) == 3  # one gray value per object, the speck dropped
+    found = sorted((seg == v for v in values), key=lambda m: int(np.argmax(m.ravel())))
+    for got, want in zip(found, sorted(expected, key=lambda m: int(np.argmax(m.ravel())))):
+        assert (got == want).all()
+
+    assert out["blank"] == ["FINISHED"] and out["blank_size"] == [140, 100] and out["blank_max"] == 0
+    assert "masks are empty" in out["generate_error"] and "masks are empty" in out["panel"]
+
+    source = np.load(tmp_path / "source.npy")
+    assert (np.asarray(Image.open(tmp_path / "gray.png")) == source[..., 0]).all()
+    assert (np.asarray(Image.open(tmp_path / "rgb.png")) == source[..., :3]).all()
+    assert (np.asarray(Image.open(tmp_path / "rgba.png")) == source).all()
