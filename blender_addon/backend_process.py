@@ -7,6 +7,7 @@ service writes into its data dir once its socket is bound.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -79,6 +80,7 @@ class LocalBackend:
             raise BackendError(f"could not start the backend ({exc}); check the environment path in the preferences") from None
         finally:
             log.close()
+        atexit.register(stop_started_backend)  # a backend this session started does not outlive it
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -137,6 +139,16 @@ def ensure_local_backend(environment: str, data_dir: str, model: str, device: st
             except BackendNotRunning:
                 _backend.connection = None
         return _backend.start()
+
+
+def stop_started_backend() -> bool:
+    """Stop the local backend only if this session started it (not one it found running); True if it did."""
+    global _backend
+    with _lock:
+        if _backend is None or _backend.process is None:
+            return False
+        backend, _backend = _backend, None
+        return backend.stop()
 
 
 def stop_local_backend(data_dir: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import bpy
 
 from . import protocol
-from .backend_process import BackendSettings
+from .backend_process import BackendSettings, stop_started_backend
 from .images import InputError, load_image
 from .operators import start_generation
 from .preferences import get_preferences
@@ -80,7 +80,7 @@ def generate(image: str, seg: str, out: str | None = None, *, render: str | None
 
 
 def batch(input_dir: str, out_dir: str, *, backend: BackendSettings | None = None,
-          settings: dict[str, Any] | None = None, render: bool = False) -> dict[str, Any]:
+          settings: dict[str, Any] | None = None, render: bool = False, render_samples: int = 16) -> dict[str, Any]:
     """Every sub-folder of `input_dir` holding image.png + seg.png -> `out_dir`/<name>.blend; failures are recorded,
     not fatal. Writes and returns `out_dir`/summary.json."""
     cases = sorted(p for p in Path(input_dir).iterdir() if p.is_dir()) if Path(input_dir).is_dir() else []
@@ -96,7 +96,7 @@ def batch(input_dir: str, out_dir: str, *, backend: BackendSettings | None = Non
         try:
             entry.update(generate(str(case / "image.png"), str(case / "seg.png"), str(out / f"{case.name}.blend"),
                                   render=str(out / f"{case.name}.png") if render else None,
-                                  backend=backend, settings=settings))
+                                  backend=backend, settings=settings, render_samples=render_samples))
             entry["ok"] = True
         except GenerationError as exc:
             entry["error"] = str(exc)
@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     bat.add_argument("--out-dir", required=True)
     bat.add_argument("--render", action="store_true", help="also render each result to <out-dir>/<name>.png")
     for p in (gen, bat):
+        p.add_argument("--render-samples", type=int, default=16, help="Cycles samples for --render")
+    for p in (gen, bat):
         conn = p.add_argument_group("backend (default: the add-on preferences)")
         conn.add_argument("--url", help="a running backend, e.g. http://127.0.0.1:8765")
         conn.add_argument("--token", default=os.environ.get(protocol.TOKEN_ENV_VAR),
@@ -212,16 +214,21 @@ def main(argv: list[str]) -> int:
     try:
         backend, settings = _backend_from_args(args), _settings_from_args(args)
         if args.command == "generate":
-            summary = generate(args.image, args.seg, args.out, render=args.render, backend=backend, settings=settings)
+            summary = generate(args.image, args.seg, args.out, render=args.render, backend=backend, settings=settings,
+                               render_samples=args.render_samples)
             print(f"scenewright: {len(summary['objects'])} objects from job {summary['job_id']} -> {summary['blend']}")
             return 0
-        summary = batch(args.input_dir, args.out_dir, backend=backend, settings=settings, render=args.render)
+        summary = batch(args.input_dir, args.out_dir, backend=backend, settings=settings, render=args.render,
+                        render_samples=args.render_samples)
         print(f"scenewright: {summary['succeeded']} succeeded, {summary['failed']} failed; "
               f"see {Path(args.out_dir) / BATCH_SUMMARY}")
         return 0 if summary["failed"] == 0 else 1
     except (GenerationError, InputError) as exc:
         print(f"scenewright: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if args.start_backend:
+            stop_started_backend()
 
 
 _handle = None

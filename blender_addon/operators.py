@@ -79,10 +79,11 @@ _tasks: list[Task] = []
 
 
 def run_task(work: Callable[[Emit, Callable[[], bool]], Any], on_error: Callable[[str], None],
-             on_done: Callable[[Any], None] | None = None, on_event: Emit | None = None) -> Task:
-    """Run `work` in a thread (inline, blocking, in background mode where timers never fire)."""
+             on_done: Callable[[Any], None] | None = None, on_event: Emit | None = None,
+             blocking: bool | None = None) -> Task:
+    """Run `work` in a thread, or inline when blocking (default: only in background mode, where timers never fire)."""
     task = Task(work, on_event, on_done, on_error)
-    if bpy.app.background:
+    if bpy.app.background if blocking is None else blocking:
         task.run_inline()
     else:
         task.start()
@@ -192,7 +193,7 @@ def results_folder(backend: BackendSettings, job_id: str) -> Path:
 
 
 def start_generation(context: bpy.types.Context, backend: BackendSettings,
-                     on_error: Callable[[str], None] | None = None) -> Task:
+                     on_error: Callable[[str], None] | None = None, blocking: bool | None = None) -> Task:
     """Submit the scene's inputs; progress goes into the job list, the result is imported with an undo step.
 
     Raises InputError (before anything is sent) when the inputs are unusable.
@@ -244,7 +245,7 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
             scene.scenewright.error = message
         (on_error or (lambda text: notify("ERROR", text)))(message)
 
-    return run_task(work, failed, on_done, on_event)
+    return run_task(work, failed, on_done, on_event, blocking)
 
 
 def _job_item(scene_name: str, key: str):

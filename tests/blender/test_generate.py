@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,41 @@ def test_wrong_url_wrong_token_stopped_backend_and_non_image_give_clear_messages
     assert out["cli_not_an_image"] == 1
     assert "scenewright: error:" in run.stderr and "is not an image Blender can read" in run.stderr
     assert "Traceback" not in run.stderr and "Traceback" not in run.stdout
+
+
+LOCAL_SCRIPT = CONFIGURE + '''
+import os
+cli = sys.modules[EXT.__name__ + ".cli"]
+data = PARAMS["data_dir"]
+code = cli.main(["generate", "--image", PARAMS["image"], "--seg", PARAMS["seg"], "--out", data + "/scene.blend",
+                 "--render", data + "/render.png", "--render-samples", "1", "--start-backend",
+                 "--environment", PARAMS["python"], "--data-dir", data, "--backend-model", PARAMS["model"],
+                 "--device", "cpu", "--steps", "2", "--mesh-resolution", "32"])
+state_after_cli = os.path.exists(data + "/service.json")
+
+configure(backend_mode="LOCAL", environment=PARAMS["python"], data_dir=data, model=PARAMS["model"], device="cpu")
+wm = bpy.context.window_manager
+bpy.ops.scenewright.start_backend()
+started = wm.scenewright_backend_status
+bpy.ops.scenewright.check_backend()
+checked = wm.scenewright_backend_status
+bpy.ops.scenewright.stop_backend()
+stopped = wm.scenewright_backend_status
+done({"code": code, "state_after_cli": state_after_cli, "started": started, "checked": checked, "stopped": stopped,
+      "state_after_stop": os.path.exists(data + "/service.json")})
+'''
+
+
+@pytest.mark.slow
+def test_local_backend_auto_start_render_and_stop(blender, tiny_model, example_cases, tmp_path):
+    case = example_cases[1]
+    run = blender.run(LOCAL_SCRIPT, {"image": str(case / "image.png"), "seg": str(case / "seg.png"),
+                                     "data_dir": str(tmp_path), "python": sys.executable, "model": str(tiny_model)})
+    out = run.result
+    assert out["code"] == 0, run.stderr[-2000:]
+    assert (tmp_path / "scene.blend").is_file()
+    assert Image.open(tmp_path / "render.png").size == Image.open(case / "image.png").size
+    assert "scenewright service on" in (tmp_path / "service.log").read_text()
+    assert not out["state_after_cli"]  # the backend the command started was stopped again
+    assert out["started"].startswith("Connected: SceneWright") and "device cpu" in out["checked"]
+    assert out["stopped"] == "Stopped the local backend." and not out["state_after_stop"]
