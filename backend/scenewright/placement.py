@@ -62,7 +62,8 @@ class CameraSolveConfig:
     refine_resolutions: tuple[int, ...] = (128,)  # silhouette refinement rasters (longer side)
     refine_evals: tuple[int, ...] = (80,)
     max_faces: int = 6000  # meshes above this are decimated for the refinement renders
-    box_points: int = 200  # extreme directions sampled per instance for the box fit
+    box_points: int = 200  # extreme 3D directions sampled per instance for the outline fit
+    support_directions: int = 8  # 2D directions of the outline fit (4 = plain 2D boxes)
 
 
 @dataclass
@@ -131,7 +132,10 @@ class _CameraProblem:
         ends = np.cumsum([len(p) for p in points])
         self.all_points = np.concatenate(points)
         self.point_slices = [slice(e - len(p), e) for p, e in zip(points, ends)]
-        self.boxes, self.open_sides = zip(*(_mask_box(m, o) for m, o in zip(self.masks, _others(self.masks, self.all_masks))))
+        self.directions = _directions(cfg.support_directions)
+        self.extents, self.open_sides = zip(
+            *(_mask_support(m, o, self.directions) for m, o in zip(self.masks, _others(self.masks, self.all_masks)))
+        )
         self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
 
     # parameters x = [pitch (rad), log tan(fov / 2), camera position (3)] in normalised units
@@ -146,17 +150,21 @@ class _CameraProblem:
             [(x[0] - math.radians(cfg.prior_pitch_deg)) / math.radians(30.0), (fov - math.radians(cfg.prior_fov_deg)) / math.radians(30.0)]
         )
 
-    def box_residuals(self, x: np.ndarray) -> np.ndarray:
-        """Projected 2D box minus mask box per side, in image fractions; occluded/cut sides only count one way."""
+    def support_residuals(self, x: np.ndarray) -> np.ndarray:
+        """Projected minus mask support function per direction, in image fractions; cut sides only count one way.
+
+        The support function h(d) = max over the shape of p . d, for evenly
+        spread 2D directions d, is a 2D box generalised to a 2K-gon: it sees
+        the silhouette's outline from K directions instead of 2.
+        """
         uv, depth = self.camera(x).project(self.all_points)
+        heights = uv @ self.directions.T
         side = float(max(self.image_size))
         out = []
-        for rows, box, open_sides in zip(self.point_slices, self.boxes, self.open_sides):
-            u, v = uv[rows, 0], uv[rows, 1]
-            r = (np.array([u.min(), v.min(), u.max(), v.max()]) - box) / side
-            # A cut min side may be larger in the silhouette (pred smaller), a cut max side pred larger.
-            r = np.where(open_sides & (np.arange(4) < 2), np.maximum(r, 0.0), r)
-            r = np.where(open_sides & (np.arange(4) >= 2), np.minimum(r, 0.0), r)
+        for rows, extent, open_sides in zip(self.point_slices, self.extents, self.open_sides):
+            r = (heights[rows].max(axis=0) - extent) / side
+            # Where the mask may be cut (border, occluder) the silhouette may reach farther, not less far.
+            r = np.where(open_sides, np.minimum(r, 0.0), r)
             behind = np.maximum(0.05 - depth[rows].min(), 0.0) * 10.0  # points must stay in front of the camera
             out.append(np.append(r, behind))
         return np.concatenate(out + [self.prior(x)])
@@ -169,10 +177,11 @@ class _CameraProblem:
         f = camera.focal_px
         right, up, forward = camera.matrix_world[:3, 0], camera.matrix_world[:3, 1], -camera.matrix_world[:3, 2]
         rows, rhs = [], []
-        for (vertices, _), box in zip(self.meshes, self.boxes):
+        for (vertices, _), mask in zip(self.meshes, self.masks):
             centre3 = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
-            a = ((box[0] + box[2]) / 2.0 - width / 2.0) / f
-            b = -((box[1] + box[3]) / 2.0 - height / 2.0) / f
+            mask_rows, mask_cols = np.nonzero(mask)
+            a = ((mask_cols.min() + mask_cols.max() + 1) / 2.0 - width / 2.0) / f
+            b = -((mask_rows.min() + mask_rows.max() + 1) / 2.0 - height / 2.0) / f
             for axis in (right - a * forward, up - b * forward):
                 rows.append(axis)
                 rhs.append(axis @ centre3)
@@ -219,9 +228,9 @@ def solve_camera(
     problem = _CameraProblem(meshes_view_frame, masks, (width, height), cfg)
 
     grid = [problem.initial(p, f) for p in cfg.pitch_grid_deg for f in cfg.fov_grid_deg]
-    grid.sort(key=lambda x: float(np.sum(problem.box_residuals(x) ** 2)))
+    grid.sort(key=lambda x: float(np.sum(problem.support_residuals(x) ** 2)))
     fits = [
-        least_squares(problem.box_residuals, x0, loss="soft_l1", f_scale=0.01, x_scale="jac", max_nfev=200)
+        least_squares(problem.support_residuals, x0, loss="soft_l1", f_scale=0.01, x_scale="jac", max_nfev=200)
         for x0 in grid[: cfg.starts]
     ]
     x = min(fits, key=lambda r: r.cost).x
@@ -276,27 +285,37 @@ def _extreme_points(vertices: np.ndarray, directions: int) -> np.ndarray:
     return hull[np.unique(np.argmax(hull @ dirs.T, axis=0))]
 
 
-def _mask_box(mask: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mask box [col_min, row_min, col_max, row_max] in pixel edges, and which sides may be cut.
+def _directions(count: int) -> np.ndarray:
+    """`count` unit 2D directions evenly spread over the circle, starting at +column."""
+    angles = np.arange(count) * (2.0 * math.pi / count)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
-    A side is cut (open) when the mask touches the image border there, or when
-    another instance's mask touches this one within 2 px of that side.
+
+def _mask_support(mask: np.ndarray, others: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask's support function along `directions` (pixel squares, not centres), and which sides may be cut.
+
+    A side is cut (open) when the mask's extreme pixels in that direction lie
+    on the image border, or when another instance's mask comes within 2 px of
+    the mask near that extreme: the object may continue there unseen.
     """
     height, width = mask.shape
     rows, cols = np.nonzero(mask)
-    box = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float64)
+    centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    half = 0.5 * np.abs(directions).sum(axis=1)
+    heights = centres @ directions.T
+    extent = heights.max(axis=0) + half
+    on_border = (cols == 0) | (rows == 0) | (cols == width - 1) | (rows == height - 1)
+    open_sides = np.array([on_border[heights[:, k] >= extent[k] - half[k] - 1.5].any() for k in range(len(directions))])
     near = np.zeros_like(mask)
     pad = np.pad(mask, 2)
     for dy in range(-2, 3):
         for dx in range(-2, 3):
             near |= pad[2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
     touch_rows, touch_cols = np.nonzero(near & others)
-    open_sides = np.array([box[0] <= 0, box[1] <= 0, box[2] >= width, box[3] >= height])
     if len(touch_rows):
-        open_sides |= np.array(
-            [touch_cols.min() <= box[0] + 1, touch_rows.min() <= box[1] + 1, touch_cols.max() >= box[2] - 2, touch_rows.max() >= box[3] - 2]
-        )
-    return box, open_sides
+        touch = np.stack([touch_cols + 0.5, touch_rows + 0.5], axis=1) @ directions.T
+        open_sides |= touch.max(axis=0) >= extent - half - 3.0
+    return extent, open_sides
 
 
 def _others(masks: list[np.ndarray], all_masks: list[np.ndarray]) -> list[np.ndarray]:
