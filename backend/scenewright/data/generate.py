@@ -47,7 +47,7 @@ def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, t
         shutil.rmtree(tmp, ignore_errors=True)
         scene = sample_scene(case_seed(seed, index, attempt), resolution)
         try:
-            entry = render.render_case(scene, tmp, resolution, samples, threads)
+            entry = render.render_case(scene, tmp, samples, threads)
         except render.SceneRejected:
             continue
         entry = {"case": final.name, "split": split, **entry, "attempt": attempt}
@@ -56,6 +56,7 @@ def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, t
         case["split"] = split
         case["index_entry"] = entry  # lets INDEX.json be rebuilt from the case folders alone
         meta_path.write_text(json.dumps(case, indent=2))
+        shutil.rmtree(final, ignore_errors=True)  # a folder without scene.json is unfinished
         os.replace(tmp, final)
         return entry
     raise RuntimeError(f"case {index}: no valid scene in {MAX_ATTEMPTS} attempts")

@@ -23,10 +23,12 @@ import numpy as np
 from mathutils import Matrix, Vector
 from PIL import Image
 
+from ..camera import render_silhouettes
 from .scenes import SceneDescription, SceneObject
 
 CASE_FORMAT = "scene-case/1"
 MIN_PIXELS_512 = 300  # instances showing fewer pixels (at 512 px) are removed from the scene
+MIN_VISIBLE_FRACTION = 0.15  # ... and so are those showing less than this share of their silhouette
 SMOOTH_ANGLE_DEG = 35.0
 
 
@@ -192,28 +194,28 @@ class _BlenderScene:
         bpy.ops.render.render(write_still=True)
 
 
-def _write_ply(mesh: Any, path: Path) -> None:
-    mesh.export(path, file_type="ply", encoding="binary")
-
-
-def render_case(
-    scene: SceneDescription, out_dir: Path, resolution: int = 512, samples: int = 8, threads: int = 1
-) -> dict[str, Any]:
+def render_case(scene: SceneDescription, out_dir: Path, samples: int = 8, threads: int = 1) -> dict[str, Any]:
     """Write image.png, seg.png, scene.json and instances/k.ply for one scene; returns its INDEX.json entry.
 
-    Instances that end up (almost) invisible are removed from the scene, with
-    whatever rests on them, and the ids are renumbered 1..N in scene order.
+    The image size is the scene camera's resolution. Instances that end up
+    mostly hidden (few pixels, or a small visible share of their own
+    silhouette) are removed from the scene with whatever rests on them, and
+    the ids are renumbered 1..N in scene order.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / "instances").mkdir(parents=True, exist_ok=True)
+    resolution = int(scene.camera.resolution[0])
     blender = _BlenderScene(scene, resolution, samples, threads)
     min_pixels = max(4, round(MIN_PIXELS_512 * (resolution / 512) ** 2))
+    world_meshes = [o.world_mesh() for o in scene.objects]
+    full = render_silhouettes([(m.vertices, m.faces) for m in world_meshes], scene.camera).sum(axis=(1, 2))
     keep = list(range(len(scene.objects)))
     while True:
         ids = blender.render_ids(out_dir / "ids_tmp.png")
         counts = np.bincount(ids.ravel(), minlength=len(keep) + 1)
-        drop = {keep[j] for j in range(len(keep)) if counts[j + 1] < min_pixels}
+        visible = [counts[j + 1] / max(full[i], 1) for j, i in enumerate(keep)]
+        drop = {i for j, i in enumerate(keep) if counts[j + 1] < min_pixels or visible[j] < MIN_VISIBLE_FRACTION}
         if not drop:
             break
         changed = True
@@ -225,14 +227,14 @@ def render_case(
         keep = [i for i in keep if i not in drop]
         if len(keep) < 2:
             raise SceneRejected(f"scene {scene.seed}: fewer than two instances are visible")
-    Image.fromarray(ids, mode="L").save(out_dir / "seg.png")
+    Image.fromarray(ids).save(out_dir / "seg.png")
     blender.render_image(out_dir / "image.png")
 
     new_id = {i: k for k, i in enumerate(keep, start=1)}
     kept: list[SceneObject] = [scene.objects[i] for i in keep]
     instances = []
     for k, (i, obj) in enumerate(zip(keep, kept), start=1):
-        _write_ply(obj.world_mesh(), out_dir / "instances" / f"{k}.ply")
+        world_meshes[i].export(out_dir / "instances" / f"{k}.ply", file_type="ply", encoding="binary")
         instances.append({"id": k, "label": obj.label, "mesh": f"instances/{k}.ply",
                           "support": new_id.get(obj.support) if obj.support is not None else None})
     case = {
@@ -243,7 +245,6 @@ def render_case(
         "seed": int(scene.seed),
     }
     (out_dir / "scene.json").write_text(json.dumps(case, indent=2))
-    counts = np.bincount(ids.ravel(), minlength=len(keep) + 1)
     return {
         "n": len(keep),
         "labels": [o.label for o in kept],
@@ -254,6 +255,9 @@ def render_case(
         "elevation_deg": round(float(scene.elevation_deg), 2),
         "fill": round(float(scene.fill), 3),
         "dropped": len(scene.objects) - len(keep),
-        "instances": [dict(inst, pixels=int(counts[inst["id"]])) for inst in instances],
+        "instances": [
+            dict(inst, pixels=int(counts[k]), visible_fraction=round(float(counts[k] / max(full[i], 1)), 3))
+            for k, (i, inst) in enumerate(zip(keep, instances), start=1)
+        ],
         "render_s": round(time.perf_counter() - start, 2),
     }
