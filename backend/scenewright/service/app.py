@@ -23,7 +23,8 @@ from ..protocol import API_PREFIX, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, HealthInf
 from .auth import AccessMiddleware, AccessPolicy, send_json
 from .inputs import InputError, parse_submission
 from .jobs import JobConflict, JobManager
-from .model_manager import ModelLoadError, ModelManager, UnknownModel
+from ..loading import ModelLoadError
+from .model_manager import ModelManager, UnknownModel
 from .storage import RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
 
 

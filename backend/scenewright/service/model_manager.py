@@ -8,7 +8,6 @@ frees the old weights, so GPU memory really comes back without a restart.
 from __future__ import annotations
 
 import gc
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,8 @@ from typing import Any
 
 import torch
 
-from ..pipeline import ScenePipeline, default_model_path, resolve_device
-
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
+from ..loading import MODEL_INDEX, ModelLoadError, resolve_device, resolve_source
+from ..pipeline import ScenePipeline, default_model_path
 
 OOM_MESSAGE = (
     "out of GPU memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
@@ -35,10 +32,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def out_of_memory_message(exc: BaseException) -> str:
     return OOM_MESSAGE.format(detail=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A known model could not be loaded (broken folder, out of memory); the message says why."""
 
 
 class UnknownModel(LookupError):
@@ -68,36 +61,31 @@ class ModelManager:
     @staticmethod
     def normalize(name: str) -> str:
         """The id under which a model name is known: local folders by their absolute path."""
-        path = Path(name).expanduser()
-        return str(path.resolve()) if name != "default" and path.exists() else name
+        try:
+            path = Path(name).expanduser()
+            return str(path.resolve()) if name != "default" and path.exists() else name
+        except (OSError, ValueError, RuntimeError):  # too long, odd characters, "~nobody": not a folder
+            return name
 
     def is_known(self, name: str) -> bool:
         return self.normalize(name) in self._known
 
     def register(self, name: str) -> str:
-        """Make a model folder or hub repo id known (without loading it); returns its id."""
+        """Make a model folder or hub repo id known (without loading it); returns its id.
+
+        A hub id is fetched (or found in the cache) now, so a bad id fails here and not inside a job.
+        """
         model_id = self.normalize(name)
         if model_id in self._known:
             return model_id
-        path = Path(model_id)
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise UnknownModel(f"{name!r} is a folder but not a model folder (no model_index.json in it)")
-            self._known[model_id] = ModelEntry(model_id, model_id)
-            return model_id
         if model_id == "default":
             raise UnknownModel(f"the default model is not installed (expected at {default_model_path()})")
-        if not HUB_ID_PATTERN.fullmatch(model_id):
-            raise UnknownModel(
-                f"unknown model {name!r}: use 'default', a model folder on the service's machine, "
-                f"or a hub repo id such as VAST-AI/MIDI-3D (known: {sorted(self._known)})"
-            )
-        from ..loading import resolve_source
-
         try:
-            resolve_source(model_id)  # fetches or finds the snapshot now, so a bad id fails here and not in a job
-        except Exception as exc:  # hub errors come in many types; all mean "cannot use this id"
-            raise UnknownModel(f"cannot get model {name!r} from the hub: {exc}") from exc
+            folder = resolve_source(model_id)
+        except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: "~nobody" paths
+            raise UnknownModel(f"unknown model {name!r}: {exc}") from exc
+        if not (folder / MODEL_INDEX).is_file():
+            raise UnknownModel(f"{name!r} is a folder but not a model folder (no {MODEL_INDEX} in it)")
         self._known[model_id] = ModelEntry(model_id, model_id)
         return model_id
 
@@ -122,7 +110,7 @@ class ModelManager:
                     self._pipeline = ScenePipeline.from_pretrained(source, device=self.device, dtype=self.dtype)
                 except Exception as exc:  # loading fails in many ways; all leave the service without a model
                     release_memory()
-                    reason = out_of_memory_message(exc) if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
+                    reason = out_of_memory_message(exc) if is_out_of_memory(exc) else str(exc)
                     raise ModelLoadError(f"cannot load model {model_id!r}: {reason}") from exc
                 self._loaded = model_id
             return self._pipeline

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -101,11 +102,12 @@ def main(argv: list[str]) -> int:
 
     from .app import create_app
     from .auth import AccessPolicy
+    from ..loading import ModelLoadError
     from .model_manager import ModelManager, UnknownModel
 
     try:
         models = ModelManager(args.model, device=args.device, dtype=args.dtype)
-    except UnknownModel as exc:
+    except (UnknownModel, ModelLoadError) as exc:
         print(f"scenewright serve: {exc}", file=sys.stderr)
         return 2
     try:
@@ -125,8 +127,12 @@ def main(argv: list[str]) -> int:
     print(f"scenewright service on {state['url']} (model {models.default_id}, device {models.device}); "
           f"state file {state_path}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=30))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; make both end here.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         try:  # remove the state file only if it is still ours
             if json.loads(state_path.read_text("utf-8")).get("pid") == os.getpid():

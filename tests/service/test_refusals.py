@@ -1,0 +1,181 @@
+"""Bad inputs, limits and auth failures: each gets a 4xx whose message says what to fix, and nothing is written."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from servicekit import data_dir_snapshot, png_bytes, scene_arrays
+
+from scenewright.protocol import MAX_IMAGE_SIDE, MAX_INSTANCES, MAX_UPLOAD_BYTES
+
+RGB, SEG = scene_arrays(3)
+IMAGE, SEG_PNG = png_bytes(RGB), png_bytes(SEG)
+MASKS = [png_bytes(((SEG == k + 1) * 255).astype(np.uint8)) for k in range(3)]
+
+
+def many_instance_seg(count: int) -> bytes:
+    seg = np.zeros(RGB.shape[:2], np.uint8)
+    for k in range(count):
+        seg[k * 3:(k + 1) * 3, :] = k + 1
+    return png_bytes(seg)
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+CASES = {
+    # name: (submit kwargs, expected status, words the message must contain)
+    "image not an image": (dict(image=b"this is not a picture", seg=SEG_PNG), 400, "the image is not a readable image"),
+    "image empty": (dict(image=b"", seg=SEG_PNG), 400, "the image is empty"),
+    "corrupt png": (dict(image=IMAGE[: len(IMAGE) // 2], seg=SEG_PNG), 400, "not a readable image"),
+    "seg not an image": (dict(image=IMAGE, seg=b"\x89PNG\r\n\x1a\n garbage"), 400, "the seg map is not a readable image"),
+    "seg of another size": (dict(image=IMAGE, seg=png_bytes(SEG[:32, :40])), 400, "must have the same size"),
+    "mask of another size": (dict(image=IMAGE, masks=[png_bytes(np.zeros((20, 30), np.uint8) + 255)]), 400, "must have the same size"),
+    "no instances in seg": (dict(image=IMAGE, seg=png_bytes(np.zeros_like(SEG))), 400, "holds no instances"),
+    "empty mask": (dict(image=IMAGE, masks=[MASKS[0], png_bytes(np.zeros_like(SEG))]), 400, "mask 1 is empty"),
+    "too many instances in seg": (dict(image=IMAGE, seg=many_instance_seg(MAX_INSTANCES + 1)), 400, f"at most {MAX_INSTANCES}"),
+    "too many masks": (dict(image=IMAGE, masks=MASKS * 6), 400, f"at most {MAX_INSTANCES}"),
+    "seg and masks": (dict(image=IMAGE, seg=SEG_PNG, masks=MASKS), 400, "not both"),
+    "neither seg nor masks": (dict(image=IMAGE), 400, "no instances given"),
+    "image too large": (dict(image=png_bytes(np.zeros((16, MAX_IMAGE_SIDE + 1, 3), np.uint8)), seg=SEG_PNG), 400, f"at most {MAX_IMAGE_SIDE}"),
+    "image too small": (dict(image=png_bytes(np.zeros((8, 8, 3), np.uint8)), seg=png_bytes(np.ones((8, 8), np.uint8))), 400, "at least"),
+    "steps out of range": (dict(image=IMAGE, seg=SEG_PNG, settings={"steps": 0}), 400, "steps must be between"),
+    "steps too many": (dict(image=IMAGE, seg=SEG_PNG, settings={"steps": 100000}), 400, "steps must be between"),
+    "guidance NaN": (dict(image=IMAGE, seg=SEG_PNG, settings={"guidance_scale": float("nan")}), 400, "guidance_scale must be a finite number"),
+    "guidance infinite": (dict(image=IMAGE, seg=SEG_PNG, settings={"guidance_scale": float("inf")}), 400, "guidance_scale must be a finite number"),
+    "resolution too low": (dict(image=IMAGE, seg=SEG_PNG, settings={"mesh_resolution": 2}), 400, "mesh_resolution must be between"),
+    "seed a string": (dict(image=IMAGE, seg=SEG_PNG, settings={"seed": "one"}), 400, "seed must be an integer"),
+    "unknown setting": (dict(image=IMAGE, seg=SEG_PNG, settings={"stepz": 3}), 400, "unknown setting"),
+    "bad mi_blocks": (dict(image=IMAGE, seg=SEG_PNG, settings={"mi_blocks": "all"}), 400, "mi_blocks must be a list"),
+    "unknown model": (dict(image=IMAGE, seg=SEG_PNG, settings={"model": "someone/unknown"}), 400, "unknown model"),
+    "unknown user folder model": (dict(image=IMAGE, seg=SEG_PNG, settings={"model": "~no-such-user-h5/m"}), 400, "unknown model"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_submission_is_refused_and_nothing_written(service, name):
+    kwargs, status, words = CASES[name]
+    before = data_dir_snapshot(service.data_dir)
+    response = service.submit(**kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"], response.json()["detail"]
+    assert data_dir_snapshot(service.data_dir) == before
+
+
+@pytest.mark.parametrize("settings, words", [
+    ("{not json", "settings is not valid JSON"),
+    ("[1, 2]", "settings must be a JSON object"),
+])
+def test_settings_that_are_not_a_json_object(service, settings, words):
+    before = data_dir_snapshot(service.data_dir)
+    files = [("image", ("i.png", IMAGE, "image/png")), ("seg", ("s.png", SEG_PNG, "image/png"))]
+    response = service.post("/v1/jobs", files=files, data={"settings": settings})
+    assert response.status_code == 400 and words in response.json()["detail"]
+    assert data_dir_snapshot(service.data_dir) == before
+
+
+def test_missing_image_field_names_the_field(service):
+    response = service.post("/v1/jobs", files=[("seg", ("s.png", SEG_PNG, "image/png"))])
+    assert response.status_code == 422 and "image" in response.json()["detail"]
+
+
+def test_jpeg_image_is_accepted_as_any_pil_image(service):
+    response = service.submit(jpeg(RGB), seg=SEG_PNG, settings={"steps": 1, "mesh_resolution": 32})
+    assert response.status_code == 202, response.text
+    service.post(f"/v1/jobs/{response.json()['job_id']}/cancel")
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, str]:
+    """Send bytes by hand: httpx would not let us lie about Content-Length."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < 64:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.decode("latin-1")
+
+
+def test_declared_upload_size_over_the_limit(service):
+    before = data_dir_snapshot(service.data_dir)
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\nAuthorization: Bearer {service.state['token']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {MAX_UPLOAD_BYTES + 1}\r\n")
+    status, text = raw_request(service.port, head)
+    assert status == 413 and "upload too large" in text
+    assert data_dir_snapshot(service.data_dir) == before
+
+
+def test_streamed_upload_over_the_limit(service):
+    before = data_dir_snapshot(service.data_dir)
+    chunk = b"\0" * (1 << 20)
+
+    def body():  # chunked transfer: no Content-Length, the service must count
+        for _ in range(MAX_UPLOAD_BYTES // len(chunk) + 2):
+            yield chunk
+
+    try:
+        response = httpx.post(service.url + "/v1/jobs", content=body(), timeout=60,
+                              headers={**service.headers(), "Content-Type": "multipart/form-data; boundary=x"})
+        assert response.status_code == 413 and "upload too large" in response.json()["detail"]
+    except (httpx.WriteError, httpx.RemoteProtocolError):
+        pass  # the service answered and closed the connection while the client was still sending
+    assert data_dir_snapshot(service.data_dir) == before
+    assert service.get("/v1/health").status_code == 200
+
+
+# ---- auth, Host and Origin ---------------------------------------------------------------
+
+def test_missing_or_wrong_token_is_401(service):
+    before = data_dir_snapshot(service.data_dir)
+    files = [("image", ("i.png", IMAGE, "image/png")), ("seg", ("s.png", SEG_PNG, "image/png"))]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {service.state['token']}"},
+                    {"Authorization": "Bearer " + service.state["token"][:-1]}):
+        for method, path, extra in (("GET", "/v1/health", {}), ("GET", "/v1/jobs", {}), ("POST", "/v1/jobs", {"files": files}),
+                                    ("GET", "/openapi.json", {})):
+            response = httpx.request(method, service.url + path, headers=headers, timeout=30, **extra)
+            assert response.status_code == 401, (headers, path)
+            assert "token" in response.json()["detail"] and response.headers["www-authenticate"] == "Bearer"
+    assert data_dir_snapshot(service.data_dir) == before
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "127.0.0.1:1", "localhost", "127.0.0.1.nip.io:{port}", ""])
+def test_foreign_host_is_refused(service, host):
+    response = service.get("/v1/health", headers={"Host": host.format(port=service.port)})
+    assert response.status_code == 403 and "Host header" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "[::1]:{port}"])
+def test_loopback_hosts_are_accepted(service, host):
+    assert service.get("/v1/health", headers={"Host": host.format(port=service.port)}).status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "https://127.0.0.1:{port}"])
+def test_foreign_origin_is_refused(service, origin):
+    before = data_dir_snapshot(service.data_dir)
+    headers = {"Origin": origin.format(port=service.port)}
+    assert service.get("/v1/jobs", headers=headers).status_code == 403
+    files = [("image", ("i.png", IMAGE, "image/png")), ("seg", ("s.png", SEG_PNG, "image/png"))]
+    response = service.post("/v1/jobs", headers=headers, files=files)
+    assert response.status_code == 403 and "origin" in response.json()["detail"]
+    assert data_dir_snapshot(service.data_dir) == before
+
+
+def test_own_origin_is_accepted(service):
+    assert service.get("/v1/health", headers={"Origin": f"http://127.0.0.1:{service.port}"}).status_code == 200
+
+
+def test_unknown_route_needs_token_too(service):
+    assert httpx.get(service.url + "/v1/nothing", timeout=30).status_code == 401
+    response = service.get("/v1/nothing")
+    assert response.status_code == 404 and isinstance(response.json()["detail"], str)
