@@ -186,9 +186,19 @@ def extract_meshes_dense(
 _CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
 
 
-def _corner_views(grid: np.ndarray) -> list[np.ndarray]:
-    """The 8 corner samples of every cell, each as an (n, n, n) view of an (n+1)^3 grid."""
-    return [grid[a : a + grid.shape[0] - 1, b : b + grid.shape[1] - 1, c : c + grid.shape[2] - 1] for a, b, c in _CORNERS]
+def _reduce_corners(samples: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """Combine the 8 corner samples of every cell with a boolean op: (n+1,)^3 -> (n,)^3."""
+    n = samples.shape[0] - 1
+    out = samples[:n, :n, :n].copy()
+    for a, b, c in _CORNERS[1:]:
+        op(out, samples[a : a + n, b : b + n, c : c + n], out=out)
+    return out
+
+
+def _straddling_cells(values: np.ndarray, level: float) -> np.ndarray:
+    """Cells whose corners lie on both sides of the level (where marching cubes puts triangles)."""
+    outside = values > level
+    return _reduce_corners(outside, np.logical_or) & ~_reduce_corners(outside, np.logical_and)
 
 
 def _cells_to_samples(cells: np.ndarray, stride: int) -> np.ndarray:
@@ -228,18 +238,6 @@ class _Level:
 
     values: np.ndarray  # (n+1,)^3 float32
     known: np.ndarray  # (n+1,)^3 bool
-
-
-def _cell_masks(state: _Level, level: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cell: corners straddle the level; all corners known; some corner within threshold of the level."""
-    corners = _corner_views(state.values)
-    outside = [c > level for c in corners]
-    any_out = np.logical_or.reduce(outside)
-    all_out = np.logical_and.reduce(outside)
-    straddles = any_out & ~all_out
-    all_known = np.logical_and.reduce(_corner_views(state.known))
-    closest = np.minimum.reduce([np.abs(c - level) for c in corners])
-    return straddles, all_known, closest < threshold
 
 
 def extract_meshes(
@@ -285,13 +283,13 @@ def extract_meshes(
 
     while True:
         threshold = band * stride * voxel_diagonal
-        _repair(sampler, states, level, threshold, stride, max_repair_rounds)
+        _repair(sampler, states, level, stride, max_repair_rounds)
         if stride == 1:
             break
         refine = []
         for state in states:
-            straddles, all_known, near = _cell_masks(state, level, threshold)
-            cells = straddles | (near & all_known)
+            near = _reduce_corners(np.abs(state.values - level) < threshold, np.logical_or)
+            cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, np.logical_and))
             if dilation:
                 from scipy.ndimage import binary_dilation
 
@@ -323,15 +321,13 @@ def _evaluate(sampler: _FieldSampler, states: list[_Level], wanted: list[np.ndar
         state.known[tuple(idx.T)] = True
 
 
-def _repair(
-    sampler: _FieldSampler, states: list[_Level], level: float, threshold: float, stride: int, rounds: int
-) -> None:
+def _repair(sampler: _FieldSampler, states: list[_Level], level: float, stride: int, rounds: int) -> None:
     """Evaluate the interpolated corners of straddling cells until every straddling cell is known."""
     for _ in range(rounds):
         wanted = []
         for state in states:
-            straddles, all_known, _ = _cell_masks(state, level, threshold)
-            wanted.append(_cells_to_samples(straddles & ~all_known, 1) & ~state.known)
+            unsure = _straddling_cells(state.values, level) & ~_reduce_corners(state.known, np.logical_and)
+            wanted.append(_cells_to_samples(unsure, 1) & ~state.known)
         if not any(w.any() for w in wanted):
             return
         _evaluate(sampler, states, wanted, stride)
