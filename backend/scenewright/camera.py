@@ -100,34 +100,43 @@ def render_silhouettes(meshes: list[tuple[np.ndarray, np.ndarray] | None], camer
     """Silhouette of each mesh alone (no occlusion by the others) -> (N, H, W) bool.
 
     A pixel is covered when its centre (column + 0.5, row + 0.5) lies inside a
-    projected triangle (edges included). Scanline fill, vectorised over all
-    (triangle, pixel row) pairs: each pair adds one covered span to a per-row
-    difference array, whose running sum is positive exactly on the union of
-    spans. Triangles with a vertex at or behind the camera plane are skipped,
-    so a mesh must lie in front of the camera. Empty meshes (None or no faces)
-    give empty silhouettes.
+    projected triangle (edges included). The covered spans of `silhouette_spans`
+    go into a per-row difference array, whose running sum is positive exactly
+    on their union. Empty meshes (None or no faces) give empty silhouettes.
     """
     width, height = camera.resolution
-    diff = np.zeros((len(meshes), height, width + 1), dtype=np.int32)
+    owner, row, start, stop = silhouette_spans(meshes, camera)
+    diff = np.zeros(len(meshes) * height * (width + 1), dtype=np.int32)
+    base = (owner * height + row) * (width + 1)
+    diff += np.bincount(base + start, minlength=diff.size).astype(np.int32)
+    diff -= np.bincount(base + stop, minlength=diff.size).astype(np.int32)
+    return np.cumsum(diff.reshape(len(meshes), height, width + 1)[:, :, :width], axis=2) > 0
+
+
+def silhouette_spans(
+    meshes: list[tuple[np.ndarray, np.ndarray] | None], camera: Camera
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Covered pixel spans of every (triangle, pixel row) pair: (mesh index, row, first column, end column).
+
+    Scanline fill vectorised over all pairs; spans of one row may overlap.
+    Columns start..stop-1 are covered (pixel centres inside the triangle).
+    Triangles with a vertex at or behind the camera plane are skipped, so a
+    mesh must lie in front of the camera.
+    """
+    width, height = camera.resolution
     tris, owners = [], []
     for index, mesh in enumerate(meshes):
         if mesh is None or len(mesh[1]) == 0:
             continue
         vertices, faces = np.asarray(mesh[0], dtype=np.float64), np.asarray(mesh[1], dtype=np.int64)
         pixels, depth = camera.project(vertices)
-        corners = pixels[faces]  # (F, 3, 2) columns, rows
         visible = (depth[faces] > 1e-9).all(axis=1)
-        tris.append(corners[visible])
+        tris.append(pixels[faces[visible]])  # (F, 3, 2) columns, rows
         owners.append(np.full(int(visible.sum()), index, dtype=np.int64))
-    if tris:
-        _fill_triangles(np.concatenate(tris), np.concatenate(owners), diff)
-    return np.cumsum(diff[:, :, :width], axis=2) > 0
-
-
-def _fill_triangles(corners: np.ndarray, owners: np.ndarray, diff: np.ndarray) -> None:
-    """Add the covered column span of every (triangle, row) pair to `diff` (N, H, W + 1) in place."""
-    _, height, width_plus = diff.shape
-    width = width_plus - 1
+    empty = np.zeros(0, dtype=np.int64)
+    if not tris:
+        return empty, empty, empty, empty
+    corners, owners = np.concatenate(tris), np.concatenate(owners)
     rows_of = corners[:, :, 1]
     # Rows r whose centre r + 0.5 lies within the triangle's vertical extent.
     first = np.clip(np.ceil(rows_of.min(axis=1) - 0.5), 0, height).astype(np.int64)
@@ -135,26 +144,22 @@ def _fill_triangles(corners: np.ndarray, owners: np.ndarray, diff: np.ndarray) -
     counts = np.maximum(last - first + 1, 0)
     total = int(counts.sum())
     if total == 0:
-        return
+        return empty, empty, empty, empty
     tri = np.repeat(np.arange(len(corners)), counts)
-    starts = np.cumsum(counts) - counts
-    row = first[tri] + (np.arange(total) - starts[tri])
-    y = row + 0.5
-    # Intersect the row's centre line with the three edges; keep the crossings.
-    a = corners[tri]  # (K, 3, 2)
-    b = np.roll(a, -1, axis=1)
-    ya, yb = a[:, :, 1], b[:, :, 1]
+    row = first[tri] + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+    # Per triangle edge (a -> b): vertical range and inverse slope, then each row's crossings.
+    xa, ya = corners[:, :, 0], corners[:, :, 1]
+    xb, yb = xa[:, [1, 2, 0]], ya[:, [1, 2, 0]]
     lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
-    crosses = (y[:, None] >= lo) & (y[:, None] <= hi) & (hi > lo)
-    t = np.divide(y[:, None] - ya, yb - ya, out=np.zeros_like(ya), where=hi > lo)
-    x = a[:, :, 0] + t * (b[:, :, 0] - a[:, :, 0])
+    lo = np.where(hi > lo, lo, np.inf)  # horizontal edges never cross a row centre (their ends are on the others)
+    slope = np.divide(xb - xa, yb - ya, out=np.zeros_like(xa), where=np.isfinite(lo))
+    y = (row + 0.5)[:, None]
+    crosses = (y >= lo[tri]) & (y <= hi[tri])
+    x = xa[tri] + (y - ya[tri]) * slope[tri]
     x_left = np.where(crosses, x, np.inf).min(axis=1)
     x_right = np.where(crosses, x, -np.inf).max(axis=1)
     # Columns c whose centre c + 0.5 lies in [x_left, x_right].
-    c0 = np.clip(np.ceil(x_left - 0.5), 0, width).astype(np.int64)
-    c1 = np.clip(np.floor(x_right - 0.5) + 1, 0, width).astype(np.int64)
-    keep = c1 > c0
-    base = (owners[tri[keep]] * height + row[keep]) * width_plus
-    flat = diff.reshape(-1)
-    flat += np.bincount(base + c0[keep], minlength=flat.size).astype(np.int32)
-    flat -= np.bincount(base + c1[keep], minlength=flat.size).astype(np.int32)
+    start = np.clip(np.ceil(x_left - 0.5), 0, width).astype(np.int64)
+    stop = np.clip(np.floor(x_right - 0.5) + 1, 0, width).astype(np.int64)
+    keep = stop > start
+    return owners[tri[keep]], row[keep], start[keep], stop[keep]

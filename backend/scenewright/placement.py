@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import least_squares, minimize
 from scipy.spatial import ConvexHull, QhullError
 
-from .camera import Camera, render_silhouettes
+from .camera import Camera, silhouette_spans
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -59,9 +58,8 @@ class CameraSolveConfig:
     prior_pitch_deg: float = 25.0  # weak priors keep one-instance scenes well posed
     prior_fov_deg: float = 47.0
     prior_weight: float = 0.01
-    refine_resolutions: tuple[int, ...] = (128,)  # silhouette refinement rasters (longer side)
-    refine_evals: tuple[int, ...] = (80,)
-    max_faces: int = 6000  # meshes above this are decimated for the refinement renders
+    refine_evals: int = 60  # Nelder-Mead evaluations of the silhouette refinement (0: none)
+    max_faces: int = 6000  # meshes above this are decimated for the refinement
     box_points: int = 200  # extreme 3D directions sampled per instance for the outline fit
     support_directions: int = 8  # 2D directions of the outline fit (4 = plain 2D boxes)
 
@@ -127,7 +125,10 @@ class _CameraProblem:
         self.meshes = [((np.asarray(meshes[i][0], np.float64) - self.center) * self.scale, np.asarray(meshes[i][1], np.int64)) for i in pairs]
         self.masks = [np.asarray(masks[i], bool) for i in pairs]
         self.all_masks = [np.asarray(m, bool) for m in masks]
-        self.union = np.any(self.all_masks, axis=0)
+        boxes = [_pixel_box(m) for m in self.masks]
+        self.box_centres = [((c0 + c1) / 2.0, (r0 + r1) / 2.0) for c0, r0, c1, r1 in boxes]
+        c0, r0, c1, r1 = _pixel_box(np.any(self.all_masks, axis=0))
+        self.union_diagonal_px = max(math.hypot(c1 - c0, r1 - r0), 1.0)
         points = [_extreme_points(v, cfg.box_points) for v, _ in self.meshes]
         ends = np.cumsum([len(p) for p in points])
         self.all_points = np.concatenate(points)
@@ -137,6 +138,7 @@ class _CameraProblem:
             *(_mask_support(m, o, self.directions) for m, o in zip(self.masks, _others(self.masks, self.all_masks)))
         )
         self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
+        self.scorer = _SpanScorer(self.masks, _others(self.masks, self.all_masks))
 
     # parameters x = [pitch (rad), log tan(fov / 2), camera position (3)] in normalised units
     def camera(self, x: np.ndarray, resolution: tuple[int, int] | None = None) -> Camera:
@@ -177,17 +179,13 @@ class _CameraProblem:
         f = camera.focal_px
         right, up, forward = camera.matrix_world[:3, 0], camera.matrix_world[:3, 1], -camera.matrix_world[:3, 2]
         rows, rhs = [], []
-        for (vertices, _), mask in zip(self.meshes, self.masks):
+        for (vertices, _), (col, row) in zip(self.meshes, self.box_centres):
             centre3 = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
-            mask_rows, mask_cols = np.nonzero(mask)
-            a = ((mask_cols.min() + mask_cols.max() + 1) / 2.0 - width / 2.0) / f
-            b = -((mask_rows.min() + mask_rows.max() + 1) / 2.0 - height / 2.0) / f
+            a, b = (col - width / 2.0) / f, -(row - height / 2.0) / f
             for axis in (right - a * forward, up - b * forward):
                 rows.append(axis)
                 rhs.append(axis @ centre3)
-        ys, xs = np.nonzero(self.union)
-        extent_px = math.hypot(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-        distance = f * self.diagonal / max(extent_px, 1.0)  # the scene box diagonal spans about the masks' box diagonal
+        distance = f * self.diagonal / self.union_diagonal_px  # the scene box diagonal spans about the masks' box diagonal
         weight = max(len(rows), 1) ** 0.5
         rows.append(weight * forward)
         rhs.append(weight * (forward @ np.zeros(3) - distance))
@@ -195,14 +193,49 @@ class _CameraProblem:
         x[2:5] = position
         return x
 
-    def silhouette_loss(self, x: np.ndarray, resolution: tuple[int, int], masks: list[np.ndarray], others: list[np.ndarray]) -> float:
-        """1 - mean IoU, where silhouette pixels on other instances' masks are ignored (they may be occluded there)."""
-        silhouettes = render_silhouettes(self.low, self.camera(x, resolution))
-        ious = []
-        for sil, mask, other in zip(silhouettes, masks, others):
-            union = np.count_nonzero(mask | (sil & ~other))
-            ious.append(np.count_nonzero(sil & mask) / max(union, 1))
+    def silhouette_loss(self, x: np.ndarray) -> float:
+        """1 - mean IoU at full resolution, ignoring silhouette pixels on other instances' masks (maybe occluded there)."""
+        ious = self.scorer.ious(silhouette_spans(self.low, self.camera(x)))
         return 1.0 - float(np.mean(ious)) + float(np.sum(self.prior(x) ** 2))
+
+
+class _SpanScorer:
+    """Exact silhouette/mask IoUs from covered spans and per-row prefix sums of the masks: no image is drawn.
+
+    IoU_k = |S ∩ M| / |M ∪ (S minus O)|, with S the silhouette, M the mask and
+    O the other instances' masks. Overlapping spans of a row are merged by a
+    sort and a running maximum of their ends.
+    """
+
+    def __init__(self, masks: list[np.ndarray], others: list[np.ndarray]):
+        self.height, self.width = masks[0].shape
+        prefix = lambda images: np.pad(np.cumsum(np.asarray(images, np.int32), axis=2), ((0, 0), (0, 0), (1, 0))).reshape(-1)
+        self.in_mask = prefix(masks)
+        self.in_other = prefix(others)
+        self.in_mask_only = prefix([m & ~o for m, o in zip(masks, others)])
+        self.mask_area = np.array([m.sum() for m in masks], dtype=np.float64)
+
+    def ious(self, spans: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        owner, row, start, stop = spans
+        count = len(self.mask_area)
+        key = owner * self.height + row
+        order = np.lexsort((start, key))
+        key, owner, start, stop = key[order], owner[order], start[order], stop[order]
+        offset = key * (self.width + 2)  # keeps every row's running maximum below the next row's values
+        covered = np.maximum.accumulate(stop + offset) - offset  # covered end up to each span, this row
+        before = np.maximum(np.concatenate([[-1], covered[:-1] + offset[:-1]]) - offset, 0)
+        first = np.maximum(start, before)
+        last = np.maximum(stop, first)
+        base = key * (self.width + 1)
+
+        def total(prefix: np.ndarray) -> np.ndarray:
+            return np.bincount(owner, prefix[base + last] - prefix[base + first], minlength=count)
+
+        length = np.bincount(owner, last - first, minlength=count)
+        inter = total(self.in_mask)
+        outside_others = length - total(self.in_other)
+        union = self.mask_area + outside_others - total(self.in_mask_only)
+        return inter / np.maximum(union, 1.0)
 
 
 def solve_camera(
@@ -236,23 +269,17 @@ def solve_camera(
     x = min(fits, key=lambda r: r.cost).x
     box_cost = float(min(r.cost for r in fits))
 
-    # Silhouette refinement; kept only when it lowers the loss at the full image resolution.
-    full = (width, height), problem.masks, _others(problem.masks, problem.all_masks)
-    loss = problem.silhouette_loss(x, *full)
-    for res, evals in zip(cfg.refine_resolutions, cfg.refine_evals):
-        factor = res / max(width, height)
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small_all = [_downsample(m, size) for m in problem.all_masks]
-        small = [small_all[i] for i in problem.indices]
-        steps = np.array([math.radians(1.0), 0.02, 0.02, 0.02, 0.02]) * (128.0 / res)
+    # Silhouette refinement at full resolution; kept only when it lowers the loss.
+    loss = problem.silhouette_loss(x)
+    if cfg.refine_evals > 0:
+        steps = np.array([math.radians(0.5), 0.01, 0.0075, 0.0075, 0.0075])
         simplex = np.vstack([x] + [x + np.eye(5)[k] * steps[k] for k in range(5)])
         result = minimize(
-            problem.silhouette_loss, x, args=(size, small, _others(small, small_all)), method="Nelder-Mead",
-            options={"maxfev": evals, "initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-6},
+            problem.silhouette_loss, x, method="Nelder-Mead",
+            options={"maxfev": cfg.refine_evals, "initial_simplex": simplex, "xatol": 1e-6, "fatol": 1e-6},
         )
-        refined = problem.silhouette_loss(result.x, *full)
-        if refined < loss:
-            x, loss = result.x, refined
+        if result.fun < loss:
+            x, loss = result.x, float(result.fun)
 
     camera = problem.camera(x)
     matrix = camera.matrix_world.copy()
@@ -283,6 +310,12 @@ def _extreme_points(vertices: np.ndarray, directions: int) -> np.ndarray:
     r = np.sqrt(1.0 - z * z)
     dirs = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
     return hull[np.unique(np.argmax(hull @ dirs.T, axis=0))]
+
+
+def _pixel_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(first column, first row, end column, end row) of the mask's pixels."""
+    cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _directions(count: int) -> np.ndarray:
@@ -322,12 +355,6 @@ def _others(masks: list[np.ndarray], all_masks: list[np.ndarray]) -> list[np.nda
     """For each fitted mask, the pixels of every other instance (fitted or not): where it may be occluded."""
     counts = np.sum(all_masks, axis=0)
     return [counts - m > 0 for m in masks]
-
-
-def _downsample(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Box-filtered mask at `size` (width, height), thresholded at half coverage."""
-    image = Image.fromarray(np.asarray(mask, np.uint8) * 255)
-    return np.asarray(image.resize(size, Image.Resampling.BOX)) >= 128
 
 
 def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Mesh:
