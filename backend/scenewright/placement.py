@@ -54,13 +54,13 @@ class CameraSolveConfig:
 
     pitch_grid_deg: tuple[float, ...] = (5.0, 15.0, 25.0, 35.0, 45.0, 60.0)
     fov_grid_deg: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 75.0)
-    starts: int = 3  # box fits started from the best grid points
+    starts: int = 3  # outline fits started from the best grid points
     prior_pitch_deg: float = 25.0  # weak priors keep one-instance scenes well posed
     prior_fov_deg: float = 47.0
     prior_weight: float = 0.01
     refine_evals: int = 60  # Nelder-Mead evaluations of the silhouette refinement (0: none)
     max_faces: int = 6000  # meshes above this are decimated for the refinement
-    box_points: int = 200  # extreme 3D directions sampled per instance for the outline fit
+    hull_directions: int = 200  # 3D directions whose extreme vertices stand for a mesh in the outline fit
     support_directions: int = 8  # 2D directions of the outline fit (4 = plain 2D boxes)
 
 
@@ -129,7 +129,7 @@ class _CameraProblem:
         self.box_centres = [((c0 + c1) / 2.0, (r0 + r1) / 2.0) for c0, r0, c1, r1 in boxes]
         c0, r0, c1, r1 = _pixel_box(np.any(self.all_masks, axis=0))
         self.union_diagonal_px = max(math.hypot(c1 - c0, r1 - r0), 1.0)
-        points = [_extreme_points(v, cfg.box_points) for v, _ in self.meshes]
+        points = [_extreme_points(v, cfg.hull_directions) for v, _ in self.meshes]
         ends = np.cumsum([len(p) for p in points])
         self.all_points = np.concatenate(points)
         self.point_slices = [slice(e - len(p), e) for p, e in zip(points, ends)]
@@ -248,10 +248,11 @@ def solve_camera(
 
     meshes_view_frame[i] pairs with masks[i] ((H, W) bool); a None or empty
     mesh, or an empty mask, is left out of the fit. Steps: grid over pitch and
-    fov with a linear position guess, robust (soft-L1) least squares on the 2D
-    boxes (sides cut by the image border or touching another instance only
-    count when the projection is too small), then Nelder-Mead on silhouette
-    IoU at 128 and 256 px. Returns the camera at `image_size` and diagnostics.
+    fov with a linear position guess, robust (soft-L1) least squares on the
+    masks' outlines (support functions along 8 directions; sides cut by the
+    image border or touching another instance only count when the projection
+    falls short), then Nelder-Mead on the occlusion-aware silhouette IoU at
+    full resolution. Returns the camera at `image_size` and diagnostics.
     """
     cfg = config or CameraSolveConfig()
     start = time.perf_counter()
@@ -267,7 +268,7 @@ def solve_camera(
         for x0 in grid[: cfg.starts]
     ]
     x = min(fits, key=lambda r: r.cost).x
-    box_cost = float(min(r.cost for r in fits))
+    outline_cost = float(min(r.cost for r in fits))
 
     # Silhouette refinement at full resolution; kept only when it lowers the loss.
     loss = problem.silhouette_loss(x)
@@ -289,7 +290,7 @@ def solve_camera(
         "pitch_deg": math.degrees(x[0]),
         "fov_deg": camera.fov_deg,
         "used_instances": list(problem.indices),
-        "box_cost": box_cost,
+        "outline_cost": outline_cost,
         "silhouette_loss": loss,
         "time_s": time.perf_counter() - start,
     }
