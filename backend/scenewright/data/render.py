@@ -20,6 +20,7 @@ from typing import Any
 
 import bpy
 import numpy as np
+import trimesh
 from mathutils import Matrix, Vector
 from PIL import Image
 
@@ -78,14 +79,14 @@ def _mesh_object(name: str, vertices: np.ndarray, faces: np.ndarray, smooth: boo
 class _BlenderScene:
     """The Blender objects of one case, switchable between the shaded and the id render."""
 
-    def __init__(self, scene: SceneDescription, resolution: int, samples: int, threads: int):
+    def __init__(self, scene: SceneDescription, meshes: list[trimesh.Trimesh], samples: int, threads: int):
         bpy.ops.wm.read_factory_settings(use_empty=True)
         self.scene = scene
         self.samples = samples
         bs = bpy.context.scene
         bs.render.engine = "CYCLES"
         bs.cycles.device = "CPU"
-        bs.render.resolution_x = bs.render.resolution_y = resolution
+        bs.render.resolution_x, bs.render.resolution_y = scene.camera.resolution
         bs.render.resolution_percentage = 100
         bs.render.threads_mode = "FIXED" if threads > 0 else "AUTO"
         if threads > 0:
@@ -119,8 +120,7 @@ class _BlenderScene:
 
         self.objects: list[Any] = []
         self.materials: list[tuple[Any, Any]] = []
-        for k, obj in enumerate(scene.objects, start=1):
-            mesh = obj.world_mesh()
+        for k, (obj, mesh) in enumerate(zip(scene.objects, meshes), start=1):
             curved = obj.label in ("sphere", "capsule", "torus", "cylinder", "cone", "stool", "lamp")
             self.objects.append(_mesh_object(f"instance_{k}", np.asarray(mesh.vertices), np.asarray(mesh.faces), curved))
             rough = 0.45 + 0.4 * ((k * 0.618) % 1.0)
@@ -205,10 +205,10 @@ def render_case(scene: SceneDescription, out_dir: Path, samples: int = 8, thread
     start = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / "instances").mkdir(parents=True, exist_ok=True)
-    resolution = int(scene.camera.resolution[0])
-    blender = _BlenderScene(scene, resolution, samples, threads)
-    min_pixels = max(4, round(MIN_PIXELS_512 * (resolution / 512) ** 2))
     world_meshes = [o.world_mesh() for o in scene.objects]
+    blender = _BlenderScene(scene, world_meshes, samples, threads)
+    width, height = scene.camera.resolution
+    min_pixels = max(4, round(MIN_PIXELS_512 * width * height / 512**2))
     full = render_silhouettes([(m.vertices, m.faces) for m in world_meshes], scene.camera).sum(axis=(1, 2))
     keep = list(range(len(scene.objects)))
     while True:
