@@ -9,8 +9,8 @@ import pytest
 import trimesh
 from scipy.spatial import ConvexHull
 
-from scenewright.camera import Camera, render_silhouettes
-from scenewright.placement import MIDI_TO_VIEW, camera_from_params, place_scene, solve_camera
+from scenewright.camera import Camera, render_silhouettes, view_frame_transform
+from scenewright.placement import MIDI_TO_VIEW, CameraSolveConfig, camera_from_params, place_scene, solve_camera
 
 SIZE = (320, 240)
 
@@ -218,3 +218,25 @@ def test_dev_case_with_ground_truth_meshes(shared_dir):
     ious = reprojection_ious(case.seg, ids, dict(zip(ids, meshes)), camera)
     assert np.mean(list(ious.values())) > 0.93
     assert abs(camera.fov_deg - case.camera.fov_deg) < 2.0
+
+
+def test_yaw_is_solved_for_gravity_aligned_frames_and_levelled_by_placement():
+    """MIDI-3D-like output: up is right but the scene is turned about +Z; the solve finds the turn, placement undoes it."""
+    meshes = _scene()
+    truth = _true_camera()
+    seg = _seg(meshes, truth)
+    angle = math.radians(40.0)
+    turn = np.array([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    turned = [(v @ turn.T, f) for v, f in meshes]
+    masks = [seg == k + 1 for k in range(4)]
+    camera, diagnostics = solve_camera(turned, masks, SIZE, CameraSolveConfig(solve_yaw=True))
+    assert diagnostics["yaw_deg"] == pytest.approx(40.0, abs=3.0)
+    assert abs(camera.fov_deg - truth.fov_deg) < 3.0 and abs(_pitch_deg(camera) - 30.0) < 3.0
+    assert _reproj_iou(turned, seg, camera) > 0.95
+
+    placement = place_scene(turned, masks, SIZE, scene_size_m=4.0, camera=camera)
+    scene_camera = Camera.from_dict(placement.camera)
+    assert np.allclose(view_frame_transform(scene_camera.matrix_world)[:3, :3], np.eye(3), atol=1e-9)
+    table = placement.instances[0].vertices
+    extents = np.ptp(table, axis=0)
+    assert extents[0] / extents[1] == pytest.approx(1.2 / 0.8, rel=0.1)  # the table is square to the view again

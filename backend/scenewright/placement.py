@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import least_squares, minimize
 from scipy.spatial import ConvexHull, QhullError
 
-from .camera import Camera, silhouette_spans
+from .camera import Camera, silhouette_spans, view_frame_transform
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -54,6 +54,9 @@ class CameraSolveConfig:
 
     pitch_grid_deg: tuple[float, ...] = (5.0, 15.0, 25.0, 35.0, 45.0, 60.0)
     fov_grid_deg: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 75.0)
+    # Only gravity-aligned frames (MIDI-3D's): also solve the camera's yaw about +Z, starting from each grid value.
+    solve_yaw: bool = False
+    yaw_grid_deg: tuple[float, ...] = tuple(float(a) for a in range(-180, 180, 30))
     starts: int = 3  # outline fits started from the best grid points
     prior_pitch_deg: float = 25.0  # weak priors keep one-instance scenes well posed
     prior_fov_deg: float = 47.0
@@ -83,7 +86,7 @@ class Placement:
     instances: list[PlacedInstance | None]  # None where the input mesh was empty
     camera: dict[str, Any]  # protocol CameraSpec dict, scene frame
     input_camera: dict[str, Any]  # the same camera in the frame of the input meshes
-    scene_from_input: np.ndarray  # (4, 4) similarity: input frame -> scene frame (before per-instance snaps)
+    scene_from_input: np.ndarray  # (4, 4) similarity (turn about +Z, scale, shift): input -> scene frame, before snaps
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,15 +95,19 @@ class Placement:
         return np.linalg.inv(self.scene_from_input)
 
 
-def camera_from_params(pitch_deg: float, fov_deg: float, position: Sequence[float], resolution: tuple[int, int]) -> Camera:
-    """A view-frame camera (no yaw, no roll) looking along +Y, tilted down by `pitch_deg`."""
-    pitch = math.radians(pitch_deg)
-    forward = np.array([0.0, math.cos(pitch), -math.sin(pitch)])
-    up = np.array([0.0, math.sin(pitch), math.cos(pitch)])
+def camera_from_params(
+    pitch_deg: float, fov_deg: float, position: Sequence[float], resolution: tuple[int, int], yaw_deg: float = 0.0
+) -> Camera:
+    """A camera without roll looking along +Y turned by `yaw_deg` about +Z (towards -X), tilted down by `pitch_deg`.
+
+    With yaw 0 it is a view-frame camera (PROTOCOL.md section 3).
+    """
+    pitch, yaw = math.radians(pitch_deg), math.radians(yaw_deg)
+    turn = np.array([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
     matrix = np.eye(4)
-    matrix[:3, 0] = (1.0, 0.0, 0.0)
-    matrix[:3, 1] = up
-    matrix[:3, 2] = -forward
+    matrix[:3, 0] = turn @ (1.0, 0.0, 0.0)
+    matrix[:3, 1] = turn @ (0.0, math.sin(pitch), math.cos(pitch))  # up
+    matrix[:3, 2] = turn @ (0.0, -math.cos(pitch), math.sin(pitch))  # -forward
     matrix[:3, 3] = position
     return Camera(matrix, float(fov_deg), (int(resolution[0]), int(resolution[1])))
 
@@ -140,10 +147,11 @@ class _CameraProblem:
         self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
         self.scorer = _SpanScorer(self.masks, _others(self.masks, self.all_masks))
 
-    # parameters x = [pitch (rad), log tan(fov / 2), camera position (3)] in normalised units
+    # parameters x = [pitch (rad), log tan(fov / 2), camera position (3) in normalised units, (yaw (rad))]
     def camera(self, x: np.ndarray, resolution: tuple[int, int] | None = None) -> Camera:
         fov = math.degrees(2.0 * math.atan(math.exp(x[1])))
-        return camera_from_params(math.degrees(x[0]), fov, x[2:5], resolution or self.image_size)
+        yaw = math.degrees(x[5]) if len(x) > 5 else 0.0
+        return camera_from_params(math.degrees(x[0]), fov, x[2:5], resolution or self.image_size, yaw)
 
     def prior(self, x: np.ndarray) -> np.ndarray:
         cfg = self.cfg
@@ -171,10 +179,12 @@ class _CameraProblem:
             out.append(np.append(r, behind))
         return np.concatenate(out + [self.prior(x)])
 
-    def initial(self, pitch_deg: float, fov_deg: float) -> np.ndarray:
-        """Camera position for a given pitch and fov by linear least squares on box centres and the scene size."""
+    def initial(self, pitch_deg: float, fov_deg: float, yaw_deg: float | None) -> np.ndarray:
+        """Camera position for a given pitch, fov (and yaw) by linear least squares on box centres and the scene size."""
         width, height = self.image_size
         x = np.array([math.radians(pitch_deg), math.log(math.tan(math.radians(fov_deg) / 2.0)), 0.0, 0.0, 0.0])
+        if yaw_deg is not None:
+            x = np.append(x, math.radians(yaw_deg))
         camera = self.camera(x)
         f = camera.focal_px
         right, up, forward = camera.matrix_world[:3, 0], camera.matrix_world[:3, 1], -camera.matrix_world[:3, 2]
@@ -261,7 +271,8 @@ def solve_camera(
         raise ValueError("camera solve needs at least one instance with both a non-empty mesh and a non-empty mask")
     problem = _CameraProblem(meshes_view_frame, masks, (width, height), cfg)
 
-    grid = [problem.initial(p, f) for p in cfg.pitch_grid_deg for f in cfg.fov_grid_deg]
+    yaws = cfg.yaw_grid_deg if cfg.solve_yaw else (None,)
+    grid = [problem.initial(p, f, y) for p in cfg.pitch_grid_deg for f in cfg.fov_grid_deg for y in yaws]
     grid.sort(key=lambda x: float(np.sum(problem.support_residuals(x) ** 2)))
     fits = [
         least_squares(problem.support_residuals, x0, loss="soft_l1", f_scale=0.01, x_scale="jac", max_nfev=200)
@@ -273,8 +284,8 @@ def solve_camera(
     # Silhouette refinement at full resolution; kept only when it lowers the loss.
     loss = problem.silhouette_loss(x)
     if cfg.refine_evals > 0:
-        steps = np.array([math.radians(0.5), 0.01, 0.0075, 0.0075, 0.0075])
-        simplex = np.vstack([x] + [x + np.eye(5)[k] * steps[k] for k in range(5)])
+        steps = np.array([math.radians(0.5), 0.01, 0.0075, 0.0075, 0.0075, math.radians(0.5)])[: len(x)]
+        simplex = np.vstack([x] + [x + np.eye(len(x))[k] * steps[k] for k in range(len(x))])
         result = minimize(
             problem.silhouette_loss, x, method="Nelder-Mead",
             options={"maxfev": cfg.refine_evals, "initial_simplex": simplex, "xatol": 1e-6, "fatol": 1e-6},
@@ -288,6 +299,7 @@ def solve_camera(
     camera = Camera(matrix, camera.fov_deg, (width, height))
     diagnostics = {
         "pitch_deg": math.degrees(x[0]),
+        "yaw_deg": math.degrees(x[5]) if len(x) > 5 else 0.0,
         "fov_deg": camera.fov_deg,
         "used_instances": list(problem.indices),
         "outline_cost": outline_cost,
@@ -386,7 +398,8 @@ def place_scene(
     """Solve the camera (unless given), stand the instances on the ground and their supports, scale to metres.
 
     meshes are in the view frame (any origin and scale), paired with masks
-    ((H, W) bool). Ground: the horizontal plane at the median bottom height of
+    ((H, W) bool); if the camera has a yaw (a gravity-aligned input solved with
+    `solve_yaw`), the scene is first turned about +Z so the camera looks along +Y. Ground: the horizontal plane at the median bottom height of
     the instances within FLOOR_FRACTION of the lowest one; it ends at z = 0.
     Supports: from the lowest instance upwards, each instance is dropped (or
     lifted) onto the first surface below its bottom points, the ground or an
@@ -405,7 +418,9 @@ def place_scene(
     if camera is None:
         camera, solve_info = solve_camera(meshes, masks, image_size, config)
 
-    vertices = {i: np.asarray(meshes[i][0], np.float64) for i in usable}
+    # Turn the input about +Z so the camera looks along +Y: a no-op for view-frame input (a camera without yaw).
+    level = view_frame_transform(camera.matrix_world)
+    vertices = {i: np.asarray(meshes[i][0], np.float64) @ level[:3, :3].T for i in usable}
     faces = {i: np.asarray(meshes[i][1], np.int64) for i in usable}
     stacked = np.concatenate(list(vertices.values()))
     lo, hi = stacked.min(axis=0), stacked.max(axis=0)
@@ -438,12 +453,12 @@ def place_scene(
 
     footprint = hi[:2] - lo[:2]
     scale = (scene_size_m or DEFAULT_SCENE_SIZE_M) / max(float(footprint.max()), 1e-12)
-    scene_from_input = np.diag([scale, scale, scale, 1.0])
-    scene_from_input[:3, 3] = -scale * np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, ground])
+    scene_from_level = np.diag([scale, scale, scale, 1.0])
+    scene_from_level[:3, 3] = -scale * np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, ground])
 
     instances: list[PlacedInstance | None] = [None] * len(meshes)
     for i in usable:
-        world = (vertices[i] + [0.0, 0.0, shift[i]]) @ scene_from_input[:3, :3].T + scene_from_input[:3, 3]
+        world = (vertices[i] + [0.0, 0.0, shift[i]]) @ scene_from_level[:3, :3].T + scene_from_level[:3, 3]
         vmin, vmax = world.min(axis=0), world.max(axis=0)
         origin = np.array([(vmin[0] + vmax[0]) / 2.0, (vmin[1] + vmax[1]) / 2.0, vmin[2]])
         transform = np.eye(4)
@@ -457,8 +472,9 @@ def place_scene(
             snap_m=shift[i] * scale,
         )
 
-    scene_camera = camera.matrix_world.copy()
-    scene_camera[:3, 3] = scene_from_input[:3, :3] @ scene_camera[:3, 3] + scene_from_input[:3, 3]
+    scene_from_input = scene_from_level @ level
+    scene_camera = level @ camera.matrix_world  # rotation only: keeps the camera matrix free of scale
+    scene_camera[:3, 3] = scene_from_input[:3, :3] @ camera.matrix_world[:3, 3] + scene_from_input[:3, 3]
     diagnostics = {
         **solve_info,
         "scene_size_m": float(scene_size_m or DEFAULT_SCENE_SIZE_M),
