@@ -1,0 +1,1 @@
+"""The benchmark protocol (../shared/benchmark/PROTOCOL.md): cases, metrics, `scenewright predict` and `scenewright eval`."""

@@ -1,0 +1,80 @@
+"""`scenewright eval`: score a prediction folder against benchmark cases with the metrics of PROTOCOL.md section 4."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .cases import list_cases, load_case, load_prediction
+from .metrics import INSTANCE_METRICS, SCENE_METRICS, score_case, summarise
+
+# metric -> (label in the table, True when higher is better)
+_TABLE = {
+    "cd_s": ("CD-S", False), "f_s": ("F-S", True), "cd_o": ("CD-O", False), "f_o": ("F-O", True),
+    "iou_b": ("IoU-B", True), "lcd": ("LCD", False), "ssr": ("SSR", True), "reproj_iou": ("Reproj-IoU", True),
+}
+
+
+def _run_settings(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed/sampler settings and device from the predictions' meta.json: one value when all cases agree, else the distinct ones."""
+    out: dict[str, Any] = {}
+    for key in ("system", "device", "settings"):
+        distinct = [json.loads(v) for v in sorted({json.dumps(m.get(key), sort_keys=True) for m in metas if key in m})]
+        if distinct:
+            out[key] = distinct[0] if len(distinct) == 1 else distinct
+    return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The summary table printed at the end of a run (Markdown, so it can go straight into docs)."""
+    means = report["means"]
+    lines = ["| metric | value |", "|---|---|"]
+    for name in SCENE_METRICS[:2] + INSTANCE_METRICS[:3] + SCENE_METRICS[2:] + INSTANCE_METRICS[3:]:
+        label, higher = _TABLE[name]
+        value = means[name]
+        lines.append(f"| {label} {'↑' if higher else '↓'} | {'n/a' if value is None else f'{value:.4f}'} |")
+    time_s, mem = report["time_s_median"], report["peak_mem_mb_max"]
+    lines.append(f"| time (median s/case) | {'n/a' if time_s is None else f'{time_s:.3f}'} |")
+    lines.append(f"| peak memory (MB) | {'n/a' if mem is None else f'{mem:.0f}'} |")
+    run = report.get("run", {})
+    lines.append("")
+    lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scenewright eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", required=True, type=Path, help="folder of case folders")
+    parser.add_argument("--pred", required=True, type=Path, help="prediction folder PRED with PRED/<case>/<k>.ply")
+    parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    cases = list_cases(args.cases)[: args.limit]
+    start = time.perf_counter()
+    per_case, metas = [], []
+    for case_dir in tqdm(cases, desc="eval", unit="case", file=sys.stderr):
+        prediction = load_prediction(args.pred / case_dir.name)
+        metas.append(prediction.meta)
+        per_case.append(score_case(load_case(case_dir), prediction))
+    report = summarise(per_case)
+    report["run"] = _run_settings(metas)
+    report["cases_dir"], report["pred_dir"] = str(args.cases), str(args.pred)
+    report["eval_seconds"] = time.perf_counter() - start
+    report["cases"] = per_case
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    missing = [c["case"] for c in per_case if c["errors"]]
+    if missing:
+        print(f"cases with prediction problems (scored as empty where files were missing): {missing}")
+    return 0
