@@ -23,9 +23,9 @@ def make_service(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     """Factory: start a service on a data dir (a fresh one unless given); every one is stopped at the end."""
     started: list[ServiceProcess] = []
 
-    def make(data_dir: Path | None = None) -> ServiceProcess:
+    def make(data_dir: Path | None = None, extra_args: tuple[str, ...] = ()) -> ServiceProcess:
         data_dir = data_dir or tmp_path_factory.mktemp("data")
-        service = ServiceProcess(data_dir, tiny_model, data_dir.parent / f"{data_dir.name}-service.log")
+        service = ServiceProcess(data_dir, tiny_model, data_dir.parent / f"{data_dir.name}-service.log", extra_args)
         started.append(service)
         return service.start()
 

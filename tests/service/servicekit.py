@@ -21,10 +21,11 @@ from scenewright.protocol import FINISHED_STATES, STATE_FILE_NAME
 class ServiceProcess:
     """One `scenewright serve` process; found through the state file it writes, as a real client finds it."""
 
-    def __init__(self, data_dir: Path, model: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, model: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.model = model
         self.log_path = log_path
+        self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.state: dict = {}
 
@@ -32,7 +33,7 @@ class ServiceProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop("SCENEWRIGHT_TOKEN", None)
         cmd = [sys.executable, "-m", "scenewright", "serve", "--port", "0", "--data-dir", str(self.data_dir),
-               "--model", str(self.model), "--device", "cpu"]
+               "--model", str(self.model), "--device", "cpu", *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         state_file = self.data_dir / STATE_FILE_NAME
@@ -145,5 +146,9 @@ def scene_arrays(num_instances: int = 3, size: tuple[int, int] = (64, 80)) -> tu
 
 
 def data_dir_snapshot(data_dir: Path) -> set[str]:
-    """Every path under the data dir, to show that a refused request wrote nothing."""
-    return {str(p.relative_to(data_dir)) for p in data_dir.rglob("*")}
+    """The data dir's entries and job folders, to show that a refused request created nothing.
+
+    Files inside existing job folders are left out: a job still finishing may rewrite its own status.
+    """
+    jobs = data_dir / "jobs"
+    return {p.name for p in data_dir.iterdir()} | ({f"jobs/{p.name}" for p in jobs.iterdir()} if jobs.is_dir() else set())

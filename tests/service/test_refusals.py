@@ -91,6 +91,7 @@ def test_jpeg_image_is_accepted_as_any_pil_image(service):
     response = service.submit(jpeg(RGB), seg=SEG_PNG, settings={"steps": 1, "mesh_resolution": 32})
     assert response.status_code == 202, response.text
     service.post(f"/v1/jobs/{response.json()['job_id']}/cancel")
+    service.wait(response.json()["job_id"], until=("cancelled", "succeeded"))
 
 
 def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, str]:
@@ -179,3 +180,12 @@ def test_unknown_route_needs_token_too(service):
     assert httpx.get(service.url + "/v1/nothing", timeout=30).status_code == 401
     response = service.get("/v1/nothing")
     assert response.status_code == 404 and isinstance(response.json()["detail"], str)
+
+
+def test_allow_host_adds_names_for_tunnels_and_remote_clients(make_service):
+    service = make_service(extra_args=("--allow-host", "tunnel.example:9999", "--allow-host", "gpubox"))
+    for host in ("tunnel.example:9999", f"gpubox:{service.port}", f"127.0.0.1:{service.port}"):
+        assert service.get("/v1/health", headers={"Host": host}).status_code == 200, host
+    for host in (f"tunnel.example:{service.port}", "gpubox:9999", "evil.example:9999"):
+        assert service.get("/v1/health", headers={"Host": host}).status_code == 403, host
+    service.stop()

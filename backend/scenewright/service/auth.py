@@ -25,13 +25,14 @@ class AccessPolicy:
     token: str
     bound_host: str = "127.0.0.1"
     port: int = 0
-
-    def host_names(self) -> set[str]:
-        bound = f"[{self.bound_host}]" if ":" in self.bound_host else self.bound_host
-        return {*LOOPBACK_NAMES, bound.lower()}
+    # More Host values to accept ("name" or "name:port"), e.g. the machine's name when serving a remote
+    # client, or the local end of an SSH tunnel on another port.
+    extra_hosts: tuple[str, ...] = ()
 
     def allowed_hosts(self) -> set[str]:
-        return {f"{name}:{self.port}" for name in self.host_names()}
+        bound = f"[{self.bound_host}]" if ":" in self.bound_host else self.bound_host
+        names = {*LOOPBACK_NAMES, bound, *(h for h in self.extra_hosts if not _has_port(h))}
+        return {f"{name}:{self.port}".lower() for name in names} | {h.lower() for h in self.extra_hosts if _has_port(h)}
 
     def allowed_origins(self) -> set[str]:
         return {f"http://{host}" for host in self.allowed_hosts()}
@@ -42,7 +43,7 @@ class AccessPolicy:
         if host not in self.allowed_hosts():
             return 403, (
                 f"refused: Host header {host!r} does not name this service; "
-                f"use http://127.0.0.1:{self.port} (allowed: {sorted(self.allowed_hosts())})"
+                f"use http://127.0.0.1:{self.port} (allowed: {sorted(self.allowed_hosts())}; add names with --allow-host)"
             )
         origin = headers.get("origin")
         if origin is not None and origin.lower() not in self.allowed_origins():
@@ -57,6 +58,10 @@ class AccessPolicy:
         if not hmac.compare_digest(supplied.strip().encode("utf-8"), self.token.encode("utf-8")):
             return 401, "wrong access token: read the current one from service.json in the service's data dir"
         return None
+
+
+def _has_port(host: str) -> bool:
+    return host.rsplit("]", 1)[-1].count(":") == 1
 
 
 class AccessMiddleware:

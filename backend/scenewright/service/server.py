@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     parser.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: bf16 on CUDA, else fp32")
     parser.add_argument("--data-dir", type=Path, default=None, help=f"jobs and {STATE_FILE_NAME} (default: {default_data_dir()})")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                        help="also accept this Host header (repeatable): the machine's name for remote clients, "
+                             "or an SSH tunnel's local end; loopback names are always accepted")
     parser.add_argument("--token", default=None, help=f"access token (default: ${TOKEN_ENV_VAR}, else a new random one)")
     return parser
 
@@ -117,7 +120,7 @@ def main(argv: list[str]) -> int:
         return 1
     port = sock.getsockname()[1]
     token = args.token or os.environ.get(TOKEN_ENV_VAR) or secrets.token_urlsafe(32)
-    policy = AccessPolicy(token=token, bound_host=args.host, port=port)
+    policy = AccessPolicy(token=token, bound_host=args.host, port=port, extra_hosts=tuple(args.allow_host))
     app = create_app(data_dir, models, policy)
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     state_path = data_dir / STATE_FILE_NAME
