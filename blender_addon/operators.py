@@ -201,12 +201,11 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
     request = collect_request(context, backend)
     props = context.scene.scenewright
     props.error = ""
+    key = uuid.uuid4().hex
     item = props.jobs.add()
-    item.key = uuid.uuid4().hex
-    item.state, item.stage = "submitting", "queued"
-    props.jobs.move(len(props.jobs) - 1, 0)
+    item.key, item.state, item.stage = key, "submitting", "queued"
+    props.jobs.move(len(props.jobs) - 1, 0)  # newest first; `item` is stale after the move, use `key`
     props.jobs_index = 0
-    key = item.key
 
     def work(emit: Emit, cancelled: Callable[[], bool]) -> tuple[str, Path]:
         client = BackendClient(backend.connect())

@@ -233,3 +233,60 @@ def test_local_backend_auto_start_render_and_stop(blender, tiny_model, example_c
     assert not out["state_after_cli"]  # the backend the command started was stopped again
     assert out["started"].startswith("Connected: SceneWright") and "device cpu" in out["checked"]
     assert out["stopped"] == "Stopped the local backend." and not out["state_after_stop"]
+
+
+THREADED_SCRIPT = CONFIGURE + '''
+import time
+ops = sys.modules[EXT.__name__ + ".operators"]
+props = configure(backend_mode="REMOTE", url=PARAMS["url"], token=PARAMS["token"], data_dir=PARAMS["data_dir"])
+props.reference_image = images.load_image(PARAMS["image"])
+props.seg_image = images.load_image(PARAMS["seg"])
+props.mesh_resolution = 32
+backend = bpy.context.preferences.addons[EXT.__name__].preferences.backend_settings()
+
+
+def pump_until(condition, timeout=120):
+    """What Blender's timer does between redraws; returns the longest tick in seconds."""
+    longest, deadline = 0.0, time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {props.jobs[0].state} {props.jobs[0].stage} {props.error}"
+        start = time.perf_counter()
+        ops._pump()
+        longest = max(longest, time.perf_counter() - start)
+        time.sleep(0.05)
+    return longest
+
+
+props.steps = 2
+ops.start_generation(bpy.context, backend, blocking=False)
+states_seen = set()
+longest = pump_until(lambda: states_seen.add(props.jobs[0].state) or not ops._tasks)
+finished = {"state": props.jobs[0].state, "collection": props.jobs[0].collection, "seen": sorted(states_seen),
+            "longest_tick_s": longest}
+
+props.steps = 200
+ops.start_generation(bpy.context, backend, blocking=False)
+pump_until(lambda: props.jobs[0].state == "running" and props.jobs[0].stage == "denoise")
+bpy.ops.scenewright.cancel()
+pump_until(lambda: not ops._tasks)
+done({"finished": finished, "cancelled": {"state": props.jobs[0].state, "error": props.error,
+      "step": props.jobs[0].step, "total": props.jobs[0].total}, "collections": len(bpy.data.collections)})
+'''
+
+
+@pytest.mark.slow
+def test_worker_thread_path_applies_results_on_the_main_thread_and_cancel_stops_the_job(blender, backend,
+                                                                                         example_cases, tmp_path):
+    """The interactive path: network in a worker thread, results applied by the timer tick, Cancel."""
+    case = example_cases[1]
+    conn = backend.connection
+    out = blender.run(THREADED_SCRIPT, {"url": conn.url, "token": conn.token, "data_dir": str(tmp_path),
+                                        "image": str(case / "image.png"), "seg": str(case / "seg.png")}).result
+    finished = out["finished"]
+    assert finished["state"] == "succeeded" and finished["collection"]
+    assert "running" in finished["seen"]  # progress arrived while the worker waited
+    print(f"longest main-thread tick: {finished['longest_tick_s'] * 1000:.1f} ms")
+    cancelled = out["cancelled"]
+    assert cancelled["state"] == "cancelled" and "cancelled" in cancelled["error"]
+    assert cancelled["step"] < cancelled["total"] == 200
+    assert out["collections"] == 1  # nothing imported for the cancelled job
