@@ -10,11 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
+from casekit import assert_valid_case
 from PIL import Image
-from scipy import ndimage
-
-from scenewright.camera import Camera, render_silhouettes
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs bpy")  # never imported here
 
@@ -37,44 +34,14 @@ def case(tmp_path_factory) -> Path:
     return out
 
 
-def test_case_files_and_scene_json(case: Path) -> None:
-    scene = json.loads((case / "scene.json").read_text())
-    assert scene["format"] == "scene-case/1"
-    assert set(scene["camera"]) == {"resolution", "sensor_fit", "fov_deg", "matrix_world"}
-    assert scene["camera"]["resolution"] == [RES, RES] and scene["camera"]["sensor_fit"] == "AUTO"
-    assert 35.0 <= scene["camera"]["fov_deg"] <= 60.0
-    assert np.asarray(scene["camera"]["matrix_world"]).shape == (4, 4)
-    assert scene["ground_z"] == 0.0
-    ids = [inst["id"] for inst in scene["instances"]]
-    assert ids == list(range(1, len(ids) + 1)) and 2 <= len(ids) <= 8
-    for inst in scene["instances"]:
-        assert inst["mesh"] == f"instances/{inst['id']}.ply" and (case / inst["mesh"]).is_file()
-        assert inst["support"] is None or inst["support"] in ids
+def test_render_makes_a_valid_case(case: Path) -> None:
+    scene = assert_valid_case(case)
+    assert scene["camera"]["resolution"] == [RES, RES]
     assert any(inst["support"] is not None for inst in scene["instances"])
-    image = Image.open(case / "image.png")
-    assert image.mode == "RGB" and image.size == (RES, RES)
-    seg = Image.open(case / "seg.png")
-    assert seg.mode == "L" and seg.size == (RES, RES)
     entry = json.loads((case.parent / "entry.json").read_text())
-    assert entry["n"] == len(ids) and entry["labels"] == [inst["label"] for inst in scene["instances"]]
-
-
-def test_seg_ids_match_instances_and_meshes_project_onto_them(case: Path) -> None:
-    scene = json.loads((case / "scene.json").read_text())
+    assert entry["n"] == len(scene["instances"]) and entry["labels"] == [i["label"] for i in scene["instances"]]
     seg = np.asarray(Image.open(case / "seg.png"))
-    ids = [inst["id"] for inst in scene["instances"]]
-    assert set(np.unique(seg).tolist()) == {0, *ids}
-    camera = Camera.from_dict(scene["camera"])
-    meshes = [trimesh.load(case / inst["mesh"], process=False) for inst in scene["instances"]]
-    for mesh in meshes:
-        assert mesh.is_watertight and mesh.bounds[0, 2] >= scene["ground_z"] - 1e-3
-    sils = render_silhouettes([(m.vertices, m.faces) for m in meshes], camera)
-    for k, sil in zip(ids, sils):
-        pixels = seg == k
-        # every pixel labelled k lies on mesh k's projection (1 px slack for sampling at the edges) ...
-        assert (pixels & ~ndimage.binary_dilation(sil)).sum() <= 0.01 * pixels.sum()
-        # ... and no pixel well inside that projection is background
-        assert (ndimage.binary_erosion(sil) & (seg == 0)).sum() <= 0.01 * sil.sum()
+    assert [i["pixels"] for i in entry["instances"]] == [int((seg == i["id"]).sum()) for i in entry["instances"]]
 
 
 def test_image_is_a_lit_blockout_on_a_light_background(case: Path) -> None:
@@ -82,6 +49,6 @@ def test_image_is_a_lit_blockout_on_a_light_background(case: Path) -> None:
     seg = np.asarray(Image.open(case / "seg.png"))
     background = image[seg == 0]
     assert background.mean() > 110  # light ground and sky
-    for k in np.unique(seg)[1:]:
-        # objects differ from the background colour: they have their own diffuse colour and shading
-        assert np.abs(image[seg == k].mean(axis=0) - background.mean(axis=0)).max() > 3 or image[seg == k].std() > 5
+    objects = image[seg > 0]
+    # the objects carry their own diffuse colours: the image is not one flat grey
+    assert np.abs(objects.mean(axis=0) - background.mean(axis=0)).max() > 5 or objects.std(axis=0).max() > 10
