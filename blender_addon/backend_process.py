@@ -23,6 +23,9 @@ LOG_NAME = "service.log"
 
 def resolve_python(environment: str | Path) -> Path:
     """A venv/conda folder or a python executable -> the python executable; clear error if there is none."""
+    if not str(environment).strip():
+        raise BackendError("the backend environment is not set: in the add-on preferences, point Environment at the "
+                           "Python environment scenewright is installed in, or connect to a running service")
     path = Path(os.path.abspath(os.path.expanduser(str(environment))))  # no resolve(): venv pythons are symlinks
     if path.is_file():
         return path

@@ -473,6 +473,21 @@ class SCENEWRIGHT_OT_stop_backend(bpy.types.Operator):
         return _backend_operator(self, context, work)
 
 
+class SCENEWRIGHT_OT_unload_model(bpy.types.Operator):
+    """Free the backend's GPU memory without stopping it; the model loads again with the next job"""
+
+    bl_idname = "scenewright.unload_model"
+    bl_label = "Unload Model"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        def work(backend: BackendSettings) -> str:
+            running = BackendSettings(**{**backend.__dict__, "auto_start": False})  # nothing to unload if none runs
+            info = BackendClient(running.connect()).unload_model()
+            return f"Model unloaded (loaded now: {info.model or 'none'}); it loads again with the next job."
+
+        return _backend_operator(self, context, work)
+
+
 def _local(backend: BackendSettings, auto_start: bool) -> BackendSettings:
     return BackendSettings(**{**backend.__dict__, "mode": "LOCAL", "auto_start": auto_start})
 
@@ -501,6 +516,7 @@ CLASSES = (
     SCENEWRIGHT_OT_check_backend,
     SCENEWRIGHT_OT_start_backend,
     SCENEWRIGHT_OT_stop_backend,
+    SCENEWRIGHT_OT_unload_model,
     SCENEWRIGHT_OT_report,
 )
 

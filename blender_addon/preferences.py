@@ -73,6 +73,7 @@ class SceneWrightPreferences(bpy.types.AddonPreferences):
         col.prop(self, "timeout")
         row = layout.row()
         row.operator("scenewright.check_backend", icon="FILE_REFRESH")
+        row.operator("scenewright.unload_model", icon="TRASH")
         status = context.window_manager.scenewright_backend_status
         if status:
             box = layout.box()

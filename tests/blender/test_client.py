@@ -144,3 +144,9 @@ class _serve:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_unload_frees_the_model_and_load_brings_it_back(client):
+    model_id = client.models()["models"][0]["id"]
+    assert client.unload_model().model is None and client.models()["loaded"] is None
+    assert client.load_model(model_id).model == model_id

@@ -35,11 +35,17 @@ outcome = bpy.ops.scenewright.generate()
 job = props.jobs[0]
 collection = bpy.data.collections[job.collection]
 scene = bpy.context.scene
-done({"outcome": sorted(outcome), "state": job.state, "job_id": job.job_id, "result_dir": job.result_dir,
+first = {"outcome": sorted(outcome), "state": job.state, "job_id": job.job_id, "result_dir": job.result_dir,
       "error": props.error, "collection": collection.name,
       "scene_collections": [c.name for c in scene.collection.children], "objects": describe(collection.objects),
       "scene_camera": scene.camera.name if scene.camera else None, "reference": props.reference_image.name,
-      "render": [scene.render.resolution_x, scene.render.resolution_y]})
+      "render": [scene.render.resolution_x, scene.render.resolution_y]}
+import shutil
+shutil.rmtree(job.result_dir)  # re-import downloads the result again
+reimport = bpy.ops.scenewright.import_job(job_id=job.job_id)
+again = bpy.data.collections[props.jobs[0].collection]
+done({**first, "reimport": sorted(reimport), "reimported": describe(again.objects), "reimport_collection": again.name,
+      "collections_now": [c.name for c in scene.collection.children]})
 '''
 
 
@@ -88,6 +94,13 @@ def test_generate_operator_imports_the_placed_scene(blender, backend, example_ca
     np.testing.assert_allclose(cameras[0]["matrix_world"], manifest["camera"]["matrix_world"], atol=1e-5)
     assert cameras[0]["show_bg"] and cameras[0]["bg_image"] == out["reference"]
     assert out["render"] == list(Image.open(case / "image.png").size)
+
+    # re-import from the job list: a second collection with the same objects in the same places
+    assert out["reimport"] == ["FINISHED"] and out["reimport_collection"] != out["collection"]
+    assert out["collections_now"] == [out["collection"], out["reimport_collection"]]
+    again = {o["props"]["scenewright_instance_id"]: o for o in out["reimported"].values() if o["type"] == "MESH"}
+    for obj in meshes.values():
+        np.testing.assert_allclose(again[obj["props"]["scenewright_instance_id"]]["world_min"], obj["world_min"], atol=1e-6)
     assert "Traceback" not in run.stderr
 
 
