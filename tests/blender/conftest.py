@@ -131,7 +131,8 @@ class Blender:
         """Like run_raw, with the extension enabled first and PARAMS / done() defined."""
         run = self.run_raw(PREAMBLE.replace("{module}", ADDON_MODULE) + textwrap.dedent(code), params, timeout)
         if run.result is None:
-            raise AssertionError(f"Blender script gave no result (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+            raise AssertionError(f"Blender script gave no result (exit {run.returncode}):\n"
+                                 f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         return run
 
 

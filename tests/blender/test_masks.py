@@ -77,7 +77,7 @@ def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
     values = [v for v in np.unique(seg) if v != 0]
     assert len(values) == 3  # one gray value per object, the speck dropped
     found = sorted((seg == v for v in values), key=lambda m: int(np.argmax(m.ravel())))
-    for got, want in zip(found, sorted(expected, key=lambda m: int(np.argmax(m.ravel())))):
+    for got, want in zip(found, sorted(expected, key=lambda m: int(np.argmax(m.ravel()))), strict=True):
         assert (got == want).all()
 
     assert out["blank"] == ["FINISHED"] and out["blank_size"] == [140, 100] and out["blank_max"] == 0
