@@ -56,21 +56,20 @@ def box_baseline_system() -> System:
 
 
 def pipeline_system(source: str, settings: GenerationSettings, device: str) -> System:
-    """A model (`default`, a folder or a hub id) through the lead's ScenePipeline; its instances are in the view frame."""
+    """A model (`default`, a folder or a hub id) through ScenePipeline; its scene frame is the view frame up to origin and scale."""
     from ..pipeline import ScenePipeline
 
     pipe = ScenePipeline.from_pretrained(source, device=device)
 
     def run(image: Image.Image, seg: np.ndarray) -> SystemOutput:
         result = pipe.generate(image, instances_from_seg(seg), settings)
-        meshes: dict[int, Mesh | None] = {}
-        for inst in result.instances:
-            vertices, faces = getattr(inst, "vertices", None), getattr(inst, "faces", None)
-            empty = vertices is None or faces is None or len(faces) == 0
-            meshes[int(inst.id)] = None if empty else (np.asarray(vertices, np.float64), np.asarray(faces, np.int64))
+        meshes: dict[int, Mesh | None] = {
+            inst.id: None if inst.empty else (inst.scene_vertices().astype(np.float64), np.asarray(inst.faces, np.int64))
+            for inst in result.instances
+        }
         return SystemOutput(meshes, result.camera)
 
-    return System(source, str(getattr(pipe, "device", device)), run, {"model": source, **settings.to_dict()})
+    return System(source, str(pipe.device), run, settings.to_dict())
 
 
 def describe_device(device: str) -> str:
