@@ -51,10 +51,12 @@ class Camera:
 
     def world_to_camera(self) -> np.ndarray:
         """Inverse of matrix_world (an affine 4x4), in closed form: solvers call this thousands of times."""
-        rows = np.asarray(self.matrix_world, dtype=np.float64)[:3, :3]
-        cols = np.stack([np.cross(rows[1], rows[2]), np.cross(rows[2], rows[0]), np.cross(rows[0], rows[1])], axis=1)
+        (a, b, c), (d, e, f), (g, h, i) = np.asarray(self.matrix_world, dtype=np.float64)[:3, :3]
+        adjugate = np.array(
+            [[e * i - f * h, c * h - b * i, b * f - c * e], [f * g - d * i, a * i - c * g, c * d - a * f], [d * h - e * g, b * g - a * h, a * e - b * d]]
+        )
         out = np.eye(4)
-        out[:3, :3] = cols / float(rows[0] @ cols[:, 0])
+        out[:3, :3] = adjugate / (a * adjugate[0, 0] + b * adjugate[1, 0] + c * adjugate[2, 0])
         out[:3, 3] = -out[:3, :3] @ np.asarray(self.matrix_world, dtype=np.float64)[:3, 3]
         return out
 

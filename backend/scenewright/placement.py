@@ -62,7 +62,7 @@ class CameraSolveConfig:
     prior_fov_deg: float = 47.0
     prior_weight: float = 0.01
     refine_evals: int = 60  # Nelder-Mead evaluations of the silhouette refinement (0: none)
-    max_faces: int = 6000  # meshes above this are decimated for the refinement
+    max_faces: int = 4000  # meshes above this are decimated (vertex clustering) for the refinement
     hull_directions: int = 200  # 3D directions whose extreme vertices stand for a mesh in the outline fit
     support_directions: int = 8  # 2D directions of the outline fit (4 = plain 2D boxes)
 
@@ -132,6 +132,7 @@ class _CameraProblem:
         self.meshes = [((np.asarray(meshes[i][0], np.float64) - self.center) * self.scale, np.asarray(meshes[i][1], np.int64)) for i in pairs]
         self.masks = [np.asarray(masks[i], bool) for i in pairs]
         self.all_masks = [np.asarray(m, bool) for m in masks]
+        self.box_centres_3d = [(v.min(axis=0) + v.max(axis=0)) / 2.0 for v, _ in self.meshes]
         boxes = [_pixel_box(m) for m in self.masks]
         self.box_centres = [((c0 + c1) / 2.0, (r0 + r1) / 2.0) for c0, r0, c1, r1 in boxes]
         c0, r0, c1, r1 = _pixel_box(np.any(self.all_masks, axis=0))
@@ -189,8 +190,7 @@ class _CameraProblem:
         f = camera.focal_px
         right, up, forward = camera.matrix_world[:3, 0], camera.matrix_world[:3, 1], -camera.matrix_world[:3, 2]
         rows, rhs = [], []
-        for (vertices, _), (col, row) in zip(self.meshes, self.box_centres):
-            centre3 = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+        for centre3, (col, row) in zip(self.box_centres_3d, self.box_centres):
             a, b = (col - width / 2.0) / f, -(row - height / 2.0) / f
             for axis in (right - a * forward, up - b * forward):
                 rows.append(axis)
@@ -375,14 +375,17 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Mesh:
     cells = 128
     while len(faces) > max_faces and cells >= 16:
         extent = float((vertices.max(axis=0) - vertices.min(axis=0)).max())
-        keys = np.floor((vertices - vertices.min(axis=0)) / (extent / cells + 1e-12)).astype(np.int64)
-        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.reshape(-1)
+        cell = np.floor((vertices - vertices.min(axis=0)) / (extent / cells + 1e-12)).astype(np.int64)
+        keys = (cell[:, 0] * (cells + 1) + cell[:, 1]) * (cells + 1) + cell[:, 2]
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         merged = np.stack([np.bincount(inverse, vertices[:, k]) / counts for k in range(3)], axis=1)
         new_faces = inverse[faces]
-        keep = (new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2]) & (new_faces[:, 0] != new_faces[:, 2])
-        vertices, faces = merged, np.unique(np.sort(new_faces[keep], axis=1), axis=0)
-        cells //= 2
+        ordered = np.sort(new_faces, axis=1)
+        keep = (ordered[:, 0] != ordered[:, 1]) & (ordered[:, 1] != ordered[:, 2])
+        n = len(merged)
+        _, first = np.unique(((ordered[keep, 0] * n + ordered[keep, 1]) * n + ordered[keep, 2]), return_index=True)
+        vertices, faces = merged, new_faces[keep][first]
+        cells = cells * 3 // 4
     return vertices, faces
 
 
