@@ -1,0 +1,163 @@
+"""The two training objectives: VAE reconstruction and MIDI-style multi-instance rectified flow.
+
+Each objective owns its trainable modules and draws its batches from explicit
+generators (numpy for choices, torch for noise) whose states the trainer
+checkpoints, so a resumed run repeats an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..image_processing import ImageProcessorConfig
+from ..models.dit import TripoSGDiTModel
+from ..models.vae import TripoSGVAEModel
+from .data import conditions, scene_rows
+
+
+@dataclass
+class BatchRandom:
+    """The generators a training step draws from (checkpointed with the model)."""
+
+    numpy: np.random.Generator
+    torch: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int) -> "BatchRandom":
+        return cls(np.random.default_rng(seed), torch.Generator("cpu").manual_seed(seed))
+
+    def state(self) -> dict[str, Any]:
+        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.numpy.bit_generator.state = state["numpy"]
+        self.torch.set_state(state["torch"])
+
+
+class VAEObjective:
+    """Occupancy reconstruction (BCE on -field, the field being negative inside) + KL to N(0, I)."""
+
+    def __init__(self, vae: TripoSGVAEModel, data: dict[str, np.ndarray], batch_size: int, num_tokens: int,
+                 query_points: int, kl_weight: float):
+        self.modules: dict[str, nn.Module] = {"vae": vae}
+        self.data = data
+        self.batch_size, self.num_tokens = batch_size, num_tokens
+        self.query_points, self.kl_weight = query_points, kl_weight
+
+    def loss(self, rand: BatchRandom, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        vae = self.modules["vae"]
+        rows = rand.numpy.choice(len(self.data["surface"]), self.batch_size, replace=False)
+        total = self.data["points"].shape[1]
+        picks = np.stack([rand.numpy.choice(total, self.query_points, replace=False) for _ in rows])
+        occupancy = np.unpackbits(self.data["occupancy"][rows], axis=-1, count=total)
+        points = torch.from_numpy(np.take_along_axis(self.data["points"][rows], picks[..., None], axis=1)).to(device)
+        labels = torch.from_numpy(np.take_along_axis(occupancy, picks, axis=1).astype(np.float32)).to(device)
+        surface = torch.from_numpy(self.data["surface"][rows].astype(np.float32)).to(device)
+        mean, logvar = vae.encode(surface, self.num_tokens, seed=int(rand.numpy.integers(2**31)))
+        noise = torch.randn(mean.shape, generator=rand.torch).to(device)
+        latents = mean + torch.exp(0.5 * logvar) * noise
+        field = vae.decode(latents, points).float()
+        recon = F.binary_cross_entropy_with_logits(-field, labels)
+        kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
+        accuracy = ((field < 0).float() == labels).float().mean()
+        return recon + self.kl_weight * kl, {"recon": recon.item(), "kl": kl.item(), "accuracy": accuracy.item()}
+
+
+@torch.no_grad()
+def encode_means(vae: TripoSGVAEModel, surfaces: np.ndarray, num_tokens: int, device: torch.device,
+                 batch_size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Posterior means (M, num_tokens, C) float32 on the CPU of surfaces (M, S, 6), deterministic for a seed."""
+    out = []
+    for start in range(0, len(surfaces), batch_size):
+        chunk = torch.from_numpy(surfaces[start : start + batch_size].astype(np.float32)).to(device)
+        mean, _ = vae.encode(chunk, num_tokens, seed=seed + start)
+        out.append(mean.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def standardize_latents(vae: TripoSGVAEModel, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a per-channel shift and scale into `quant` and `post_quant` so that posterior means of the
+    training shapes have zero mean and unit variance per channel, as the DiT's unit noise expects.
+
+    The decoder's output for a given shape is unchanged (post_quant absorbs the inverse map);
+    returns the (mu, std) that were folded in.
+    """
+    channels = vae.config.latent_channels
+    flat = means.reshape(-1, channels).double()
+    mu, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    quant_w, quant_b = vae.quant.weight.double(), vae.quant.bias.double()
+    quant_w[:channels] /= std[:, None]
+    quant_b[:channels] = (quant_b[:channels] - mu) / std
+    quant_b[channels:] -= 2.0 * torch.log(std)
+    post_w, post_b = vae.post_quant.weight.double(), vae.post_quant.bias.double()
+    post_b = post_b + post_w @ mu
+    post_w = post_w * std[None, :]
+    for param, value in ((vae.quant.weight, quant_w), (vae.quant.bias, quant_b),
+                         (vae.post_quant.weight, post_w), (vae.post_quant.bias, post_b)):
+        param.copy_(value.to(param.dtype))
+    return mu.float(), std.float()
+
+
+class DiTObjective:
+    """MIDI's recipe: one timestep per scene, independent noise per instance, v = x0 - noise,
+    conditions dropped (zeros) per scene for classifier-free guidance, and a share of
+    single-object batches with multi-instance attention off. Image encoders train jointly."""
+
+    def __init__(self, transformer: TripoSGDiTModel, clip: nn.Module, dino: nn.Module, data: dict[str, np.ndarray],
+                 latents: torch.Tensor, fe1: ImageProcessorConfig, fe2: ImageProcessorConfig, batch_size: int,
+                 mi_blocks: list[int], cfg_drop: float, single_fraction: float, logit_mean: float, logit_std: float):
+        self.modules: dict[str, nn.Module] = {"transformer": transformer, "image_encoder_1": clip, "image_encoder_2": dino}
+        self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
+        self.batch_size, self.mi_blocks = batch_size, mi_blocks
+        self.cfg_drop, self.single_fraction = cfg_drop, single_fraction
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+        counts = data["num_instances"]
+        self.buckets = {int(n): np.flatnonzero(counts == n) for n in np.unique(counts)}
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+
+    def _pick(self, rand: BatchRandom) -> tuple[list[tuple[int, slice]], int]:
+        """(scene, rows) pairs of one batch and its group size: a bucket of scenes of equal N, or single objects."""
+        if rand.numpy.random() < self.single_fraction:
+            rows = rand.numpy.choice(int(self.starts[-1]), self.batch_size, replace=False)
+            scene_of = np.searchsorted(self.starts, rows, side="right") - 1
+            return [(int(s), slice(int(r), int(r) + 1)) for s, r in zip(scene_of, rows)], 1
+        sizes = np.array(sorted(self.buckets))
+        weights = np.array([len(self.buckets[n]) for n in sizes], dtype=np.float64)
+        n = int(rand.numpy.choice(sizes, p=weights / weights.sum()))
+        count = min(max(1, self.batch_size // n), len(self.buckets[n]))
+        scenes = rand.numpy.choice(self.buckets[n], count, replace=False)
+        return [(int(s), scene_rows(self.data, int(s))) for s in scenes], n
+
+    def loss(self, rand: BatchRandom, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        groups, num_instances = self._pick(rand)
+        clip_px, dino_px, x0, keep = [], [], [], []
+        for scene, rows in groups:
+            clip, dino = conditions(self.data, scene, self.fe1, self.fe2)
+            base = scene_rows(self.data, scene).start
+            clip_px.append(clip[rows.start - base : rows.stop - base])
+            dino_px.append(dino[rows.start - base : rows.stop - base])
+            x0.append(self.latents[rows])
+            keep.append(torch.full((rows.stop - rows.start,), float(rand.numpy.random() >= self.cfg_drop)))
+        x0_t = torch.cat(x0)
+        # one sigma per group of num_instances rows (logit-normal), repeated over its instances
+        sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
+        sigma = sigma.repeat_interleave(num_instances) if num_instances > 1 else sigma
+        noise = torch.randn(x0_t.shape, generator=rand.torch)
+        keep_t = torch.cat(keep).to(device)
+        x0_t, noise, sigma = x0_t.to(device), noise.to(device), sigma.to(device)
+        noisy = (1.0 - sigma[:, None, None]) * x0_t + sigma[:, None, None] * noise
+        transformer = self.modules["transformer"]
+        transformer.set_attention_layout(self.mi_blocks if num_instances > 1 else [])
+        emb1 = self.modules["image_encoder_1"](torch.cat(clip_px).to(device)).unsqueeze(1)
+        emb2 = self.modules["image_encoder_2"](torch.cat(dino_px).to(device))
+        emb1, emb2 = emb1 * keep_t[:, None, None], emb2 * keep_t[:, None, None]
+        velocity = transformer(noisy, sigma * 1000.0, emb1, emb2, num_instances=num_instances)
+        loss = F.mse_loss(velocity.float(), x0_t - noise)
+        return loss, {"instances": float(num_instances), "rows": float(len(x0_t))}

@@ -1,0 +1,436 @@
+"""`scenewright train`: data preparation, the VAE and DiT stages, and export of the default model.
+
+    scenewright train --stage vae-data --out DATA --seeds 0:2000      # procedural scenes, no rendering
+    scenewright train --stage dit-data --out DATA --cases CASES       # rendered case folders
+    scenewright train --stage vae --out RUN --data DATA
+    scenewright train --stage dit --out RUN --data DATA --vae RUN/vae/final
+    scenewright train --export MODEL --out RUN
+
+A stage writes RUN/<stage>/: training_config.json (the exact settings), log.jsonl
+(one line per logged step), checkpoints/step-*.pt (models, optimiser, EMA, step
+and every RNG state; every --checkpoint-every steps, at --stop-at, at the end and
+on SIGINT). `--resume` continues the latest checkpoint bit for bit. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data as D
+from .objectives import BatchRandom, DiTObjective, VAEObjective, encode_means, standardize_latents
+
+STAGES = ("vae-data", "dit-data", "vae", "dit")
+CONFIG_FILE = "training_config.json"
+# settings a resumed run may change: where things are on this machine, and when to stop this session
+RESUMABLE_OVERRIDES = ("data", "device", "stop_at", "workers")
+# exported weights are stored in half precision: half the size of the shipped model (50 MB budget);
+# loading casts them to the device's dtype
+EXPORT_DTYPE = torch.float16
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved as training_config.json next to checkpoints and exported weights."""
+
+    stage: str = "vae"
+    out: str = "runs/default"
+    data: str = "data"
+    preset: str = "small"
+    vae: str | None = None  # dit: folder of the trained VAE (RUN/vae/final)
+    device: str = "auto"
+    seed: int = 0
+    steps: int = 20000
+    stop_at: int | None = None  # end this session after this step (checkpointed); resume later
+    batch_size: int = 16  # vae: instances per step; dit: instance rows per step (at least one scene)
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup: int = 500
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay of the weights (0: off); export uses the EMA weights when on
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    num_tokens: int = 128  # latent tokens per instance
+    # vae
+    query_points: int = 2048
+    kl_weight: float = 1e-3
+    # dit
+    mi_blocks: list[int] | None = None  # None: the transformer's default_mi_blocks(3)
+    cfg_drop: float = 0.15
+    single_fraction: float = 0.25
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sample_steps: int = 16  # exported sampling defaults
+    guidance_scale: float = 5.0
+    # data preparation
+    seeds: str = "0:1000"
+    cases: str | None = None
+    shard_size: int = 100
+    workers: int = 1
+    sample: dict[str, Any] = field(default_factory=lambda: D.SampleConfig().to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.out) / self.stage
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to 0 at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- data preparation --------------------------------------------------------------------------
+
+
+def _parse_seeds(text: str) -> list[int]:
+    start, _, stop = text.partition(":")
+    return list(range(int(start), int(stop))) if stop else [int(start)]
+
+
+def make_vae_data(cfg: TrainConfig) -> None:
+    """Shards of VAE examples from procedural scenes (no rendering); finished shards are kept (resumable)."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = D.SampleConfig(**cfg.sample)
+    seeds = _parse_seeds(cfg.seeds)
+    pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
+    mapper = pool.map if pool is not None else map
+    try:
+        with tqdm(total=len(seeds), unit="scene") as bar:
+            for index, chunk in D.chunks(seeds, cfg.shard_size):
+                path = out / f"vae-{index:05d}.npz"
+                if not path.exists():
+                    examples = list(mapper(partial(D.vae_examples, cfg=sample), chunk))
+                    meta = {"kind": "vae", "seeds": [chunk[0], chunk[-1] + 1], "sample": sample.to_dict()}
+                    D.write_shard(path, examples, meta)
+                bar.update(len(chunk))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def make_dit_data(cfg: TrainConfig) -> None:
+    """Shards of DiT examples (encoder crops + GT surface samples) from rendered case folders."""
+    from tqdm import tqdm
+
+    from ..evaluation.cases import list_cases
+    from ..models.presets import PRESETS, feature_extractor_configs
+
+    if cfg.cases is None:
+        raise SystemExit("--stage dit-data needs --cases DIR (rendered case folders)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fe1, fe2 = feature_extractor_configs(PRESETS[cfg.preset].image_size)
+    sample = D.SampleConfig(**cfg.sample)
+    cases = list_cases(cfg.cases)
+    with tqdm(total=len(cases), unit="case") as bar:
+        for index, chunk in D.chunks(cases, cfg.shard_size):
+            path = out / f"dit-{index:05d}.npz"
+            if not path.exists():
+                examples = [e for i, case in enumerate(chunk)
+                            if (e := D.dit_example(case, fe1, fe2, sample, seed=cfg.seed + index * cfg.shard_size + i))]
+                if examples:
+                    meta = {"kind": "dit", "preset": cfg.preset, "image_size": PRESETS[cfg.preset].image_size,
+                            "cases": [c.name for c in chunk], "sample": sample.to_dict()}
+                    D.write_shard(path, examples, meta)
+            bar.update(len(chunk))
+
+
+# ---- the training loop -------------------------------------------------------------------------
+
+
+class Trainer:
+    """AdamW with warmup + cosine, gradient clipping, optional EMA, bf16 autocast on CUDA,
+    checkpoints (models + optimiser + step + RNG) and jsonl/tqdm logging around one objective."""
+
+    def __init__(self, cfg: TrainConfig, objective: VAEObjective | DiTObjective, device: torch.device):
+        self.cfg, self.objective, self.device = cfg, objective, device
+        self.params = [p for m in objective.modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema > 0 else None
+        self.rand = BatchRandom.seeded(cfg.seed)
+        self.step = 0
+        self._interrupted = False
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.cfg.stage_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "models": {name: m.state_dict() for name, m in self.objective.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema,
+            "rand": self.rand.state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = self.checkpoint_dir / f"step-{self.step:08d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        for old in sorted(self.checkpoint_dir.glob("step-*.pt"))[:-2]:  # keep the last two
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for name, module in self.objective.modules.items():
+            module.load_state_dict(state["models"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = state["ema"]
+        self.rand.load_state(state["rand"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = state["step"]
+
+    def ema_state(self, name: str) -> dict[str, torch.Tensor]:
+        """State dict of module `name` with EMA weights when EMA is on."""
+        module = self.objective.modules[name]
+        state = module.state_dict()
+        if self.ema is not None:
+            index = {id(p): i for i, p in enumerate(self.params)}
+            for key, param in module.named_parameters():
+                state[key] = self.ema[index[id(param)]]
+        return state
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
+    def train(self) -> str:
+        """Run until cfg.steps (returns "done"), cfg.stop_at ("stopped") or SIGINT ("interrupted")."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        status = "done" if end >= cfg.steps else "stopped"
+        try:
+            with open(cfg.stage_dir / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=self.step,
+                                                                      desc=cfg.stage, unit="step") as bar:
+                clock = time.perf_counter()
+                while self.step < end:
+                    lr = lr_at(self.step, cfg)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    for module in self.objective.modules.values():
+                        module.train()
+                    with autocast:
+                        loss, stats = self.objective.loss(self.rand, self.device)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                    self.optimizer.step()
+                    if self.ema is not None:
+                        torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - cfg.ema)
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        record = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+                                  "seconds": time.perf_counter() - clock, **stats}
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                        self.save_checkpoint()
+                    if self._interrupted:
+                        self.save_checkpoint()
+                        status = "interrupted"
+                        break
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return status
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    found = sorted((stage_dir / "checkpoints").glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    """The objective of cfg.stage with fresh (seeded) modules and its data, on cfg.device."""
+    from ..loading import load_component, resolve_device, save_component
+    from ..models.presets import PRESETS, build_components, feature_extractor_configs
+
+    device = resolve_device(cfg.device)
+    components = build_components(cfg.preset, seed=cfg.seed, device=device)
+    if cfg.stage == "vae":
+        data = D.load_shards(cfg.data, "vae")
+        objective: VAEObjective | DiTObjective = VAEObjective(
+            components["vae"], data, cfg.batch_size, cfg.num_tokens, cfg.query_points, cfg.kl_weight)
+        return Trainer(cfg, objective, device)
+    # dit: the VAE is frozen; its copy inside the run makes the run self-contained for export
+    own_vae = cfg.stage_dir / "vae"
+    if not own_vae.is_dir():
+        if cfg.vae is None:
+            raise SystemExit("--stage dit needs --vae FOLDER (the VAE stage's RUN/vae/final)")
+        save_component(load_component(cfg.vae), own_vae)
+    vae = load_component(own_vae, device=device)
+    data = D.load_shards(cfg.data, "dit")
+    latents = cached_latents(cfg, vae, data["surface"], device)
+    fe1, fe2 = feature_extractor_configs(PRESETS[cfg.preset].image_size)
+    transformer = components["transformer"]
+    mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
+    objective = DiTObjective(transformer, components["image_encoder_1"], components["image_encoder_2"], data, latents,
+                             fe1, fe2, cfg.batch_size, mi_blocks, cfg.cfg_drop, cfg.single_fraction,
+                             cfg.logit_mean, cfg.logit_std)
+    return Trainer(cfg, objective, device)
+
+
+def cached_latents(cfg: TrainConfig, vae: nn.Module, surfaces: np.ndarray, device: torch.device) -> torch.Tensor:
+    """VAE posterior means of every DiT instance, computed once per run (RUN/dit/latents.npz)."""
+    path = cfg.stage_dir / D.LATENTS_FILE
+    if path.exists():
+        with np.load(path) as cached:
+            if cached["latents"].shape[0] == len(surfaces):
+                return torch.from_numpy(cached["latents"])
+    latents = encode_means(vae, surfaces, cfg.num_tokens, device, seed=cfg.seed)
+    np.savez(path, latents=latents.numpy())
+    return latents
+
+
+def finish_vae(trainer: Trainer) -> Path:
+    """Standardise the latent space (folded into the weights) and write RUN/vae/final."""
+    from ..loading import save_component
+
+    cfg = trainer.cfg
+    vae = trainer.objective.modules["vae"]
+    vae.load_state_dict(trainer.ema_state("vae"))
+    vae.eval()
+    surfaces = trainer.objective.data["surface"]
+    subset = np.random.default_rng(cfg.seed).choice(len(surfaces), min(len(surfaces), 512), replace=False)
+    mu, std = standardize_latents(vae, encode_means(vae, surfaces[np.sort(subset)], cfg.num_tokens, trainer.device))
+    final = cfg.stage_dir / "final"
+    save_component(vae, final)
+    summary = {"config": cfg.to_dict(), "step": trainer.step, "latent_mean": mu.tolist(), "latent_std": std.tolist()}
+    (final / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return final
+
+
+def export_model(run: str | Path, folder: str | Path) -> Path:
+    """RUN/dit (latest checkpoint, EMA weights when on) + its VAE -> a model folder ScenePipeline loads."""
+    from ..loading import load_component, save_pipeline
+    from ..models.presets import build_components
+    from ..pipeline import OPTIONS_KEY, PipelineOptions
+
+    stage_dir = Path(run) / "dit"
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is None:
+        raise SystemExit(f"no DiT checkpoint in {stage_dir}/checkpoints: train --stage dit first")
+    cfg = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    components = build_components(cfg.preset, seed=cfg.seed)
+    components["vae"] = load_component(stage_dir / "vae")
+    params = [p for name in state["models"] for p in components[name].parameters()]
+    for name, module in state["models"].items():
+        components[name].load_state_dict(module)
+    if state["ema"] is not None:
+        with torch.no_grad():
+            for param, value in zip(params, state["ema"]):
+                param.copy_(value)
+    transformer = components["transformer"]
+    options = PipelineOptions(frame="view", num_tokens=cfg.num_tokens, steps=cfg.sample_steps,
+                              guidance_scale=cfg.guidance_scale,
+                              mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3))
+    for name in ("transformer", "vae", "image_encoder_1", "image_encoder_2"):
+        components[name].to(EXPORT_DTYPE)
+    folder = Path(folder)
+    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
+    vae_summary = json.loads((Path(cfg.vae) / CONFIG_FILE).read_text()) if cfg.vae and (Path(cfg.vae) / CONFIG_FILE).exists() else None
+    summary = {"dit": cfg.to_dict(), "dit_step": state["step"], "vae": vae_summary}
+    (folder / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return folder
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scenewright train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=STAGES)
+    parser.add_argument("--export", metavar="DIR", help="write the model folder of the run --out to DIR")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint of RUN/<stage>")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in ("stage", "sample"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        if f.name == "mi_blocks":
+            parser.add_argument(flag, type=int, nargs="*", default=None, help="multi-instance blocks")
+        elif value is None:
+            parser.add_argument(flag, default=None, type=int if f.name == "stop_at" else str)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k not in ("export", "resume")}
+    if args.export:
+        folder = export_model(args.out, args.export)
+        print(f"exported {folder}")
+        return 0
+    if args.stage is None:
+        print("scenewright train: give --stage or --export (see --help)", file=sys.stderr)
+        return 2
+    cfg = TrainConfig.from_dict(values)
+    if cfg.stage == "vae-data":
+        make_vae_data(cfg)
+        return 0
+    if cfg.stage == "dit-data":
+        make_dit_data(cfg)
+        return 0
+    return run_stage(cfg, resume=args.resume)
+
+
+def run_stage(cfg: TrainConfig, resume: bool = False) -> int:
+    """Train one stage (new or resumed); the VAE stage ends by writing RUN/vae/final."""
+    stage_dir = cfg.stage_dir
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is not None and not resume:
+        print(f"{stage_dir} already has checkpoints: pass --resume, or choose a new --out", file=sys.stderr)
+        return 2
+    if checkpoint is not None:
+        saved = json.loads((stage_dir / CONFIG_FILE).read_text())
+        saved.update({k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
+        cfg = TrainConfig.from_dict(saved)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    trainer = build_trainer(cfg)
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+    status = trainer.train()
+    if status == "done" and cfg.stage == "vae":
+        print(f"VAE written to {finish_vae(trainer)}")
+    print(f"{cfg.stage}: {status} at step {trainer.step}")
+    return 130 if status == "interrupted" else 0
