@@ -42,8 +42,9 @@ class Task:
     """`work(emit, cancelled)` off the main thread; on_event / on_done / on_error on the main thread."""
 
     def __init__(self, work: Callable[[Emit, Callable[[], bool]], Any], on_event: Emit | None,
-                 on_done: Callable[[Any], None] | None, on_error: Callable[[str], None]) -> None:
+                 on_done: Callable[[Any], None] | None, on_error: Callable[[str], None], job_key: str = "") -> None:
         self.work, self.on_event, self.on_done, self.on_error = work, on_event, on_done, on_error
+        self.job_key = job_key  # the job-list entry a generation task watches
         self.events: queue.Queue = queue.Queue()
         self.cancel_requested = threading.Event()
 
@@ -80,9 +81,9 @@ _tasks: list[Task] = []
 
 def run_task(work: Callable[[Emit, Callable[[], bool]], Any], on_error: Callable[[str], None],
              on_done: Callable[[Any], None] | None = None, on_event: Emit | None = None,
-             blocking: bool | None = None) -> Task:
+             blocking: bool | None = None, job_key: str = "") -> Task:
     """Run `work` in a thread, or inline when blocking (default: only in background mode, where timers never fire)."""
-    task = Task(work, on_event, on_done, on_error)
+    task = Task(work, on_event, on_done, on_error, job_key)
     if bpy.app.background if blocking is None else blocking:
         task.run_inline()
     else:
@@ -244,7 +245,12 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
             scene.scenewright.error = message
         (on_error or (lambda text: notify("ERROR", text)))(message)
 
-    return run_task(work, failed, on_done, on_event, blocking)
+    return run_task(work, failed, on_done, on_event, blocking, job_key=key)
+
+
+def is_watched(job_key: str) -> bool:
+    """Whether a worker of this session follows the job (entries of earlier sessions are not)."""
+    return any(task.job_key == job_key for task in _tasks)
 
 
 def _job_item(scene_name: str, key: str):
@@ -300,19 +306,23 @@ class SCENEWRIGHT_OT_cancel(bpy.types.Operator):
     bl_idname = "scenewright.cancel"
     bl_label = "Cancel"
 
-    job_id: bpy.props.StringProperty(options={"SKIP_SAVE"})
+    job: bpy.props.StringProperty(options={"SKIP_SAVE"}, description="Job list key or job id; empty: every running job")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        for task in _tasks:
+        item = context.scene.scenewright.job(self.job) if self.job else None
+        watched = [t for t in _tasks if t.job_key and (item is None or t.job_key == item.key)]
+        for task in watched:
             task.cancel_requested.set()  # the worker's poll loop calls the cancel endpoint
-        if self.job_id:  # a job no worker of this session watches
-            backend = get_preferences(context).backend_settings()
-            job_id = self.job_id
+        if not watched and item is not None and item.job_id:  # e.g. a job submitted before the file was reopened
+            backend, job_id, scene_name = get_preferences(context).backend_settings(), item.job_id, context.scene.name
 
             def work(emit: Emit, cancelled: Callable[[], bool]) -> protocol.JobStatus:
                 return BackendClient(backend.connect()).cancel(job_id)
 
-            run_task(work, lambda message: notify("ERROR", message), lambda status: _set_state(context.scene.name, status))
+            run_task(work, lambda message: notify("ERROR", message), lambda status: _set_state(scene_name, status))
+        elif not watched:
+            self.report({"WARNING"}, "no running job to cancel")
+            return {"CANCELLED"}
         self.report({"INFO"}, "cancelling")
         return {"FINISHED"}
 

@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from .operators import reference_image
+from .operators import is_watched, reference_image
 
 
 def _wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE", width: int = 48) -> None:
@@ -46,13 +46,13 @@ class SCENEWRIGHT_PT_main(SceneWrightPanel, bpy.types.Panel):
         row.operator("scenewright.create_blank_mask", icon="BRUSH_DATA")
         row.operator("scenewright.auto_masks", icon="AUTO")
 
-        running = next((job for job in props.jobs if job.active), None)
+        running = next((job for job in props.jobs if job.active and is_watched(job.key)), None)
         if running is None:
             layout.operator("scenewright.generate", icon="PLAY")
         else:
             text = f"{running.stage} {running.step}/{running.total}" if running.total else running.stage or running.state
             layout.progress(factor=running.progress, type="BAR", text=text)
-            layout.operator("scenewright.cancel", icon="CANCEL").job_id = running.job_id
+            layout.operator("scenewright.cancel", icon="CANCEL").job = running.key
         if props.error:
             _wrapped(layout.box(), props.error, icon="ERROR")
 

@@ -280,10 +280,11 @@ finished = {"state": props.jobs[0].state, "collection": props.jobs[0].collection
 props.steps = 200
 ops.start_generation(bpy.context, backend, blocking=False)
 pump_until(lambda: props.jobs[0].state == "running" and props.jobs[0].stage == "denoise")
-bpy.ops.scenewright.cancel()
+bpy.ops.scenewright.cancel(job=props.jobs[0].key)  # what the panel's Cancel button does
 pump_until(lambda: not ops._tasks)
 done({"finished": finished, "cancelled": {"state": props.jobs[0].state, "error": props.error,
-      "step": props.jobs[0].step, "total": props.jobs[0].total}, "collections": len(bpy.data.collections)})
+      "step": props.jobs[0].step, "total": props.jobs[0].total}, "collections": len(bpy.data.collections),
+      "cancel_again": sorted(bpy.ops.scenewright.cancel())})
 '''
 
 
@@ -303,3 +304,4 @@ def test_worker_thread_path_applies_results_on_the_main_thread_and_cancel_stops_
     assert cancelled["state"] == "cancelled" and "cancelled" in cancelled["error"]
     assert cancelled["step"] < cancelled["total"] == 200
     assert out["collections"] == 1  # nothing imported for the cancelled job
+    assert out["cancel_again"] == ["CANCELLED"]  # nothing left to cancel
