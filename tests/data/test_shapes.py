@@ -72,3 +72,9 @@ def test_inside_matches_analytic_solids() -> None:
     box = trimesh.creation.box(extents=(1.0, 2.0, 0.5))
     expected = (np.abs(points) < (0.5, 1.0, 0.25)).all(axis=1)
     assert (inside(box, points) == expected).all()
+
+
+def test_lamp_size_is_its_height() -> None:
+    rng = np.random.default_rng(2)
+    for height in (0.35, 1.6):
+        assert make_shape("lamp", rng, height).extents[2] == pytest.approx(height, abs=1e-9)

@@ -124,19 +124,23 @@ def main(argv: list[str]) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     todo = pending_cases(out, args.count, args.start)
-    print(f"make-data: {args.count - len(todo)} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
+    done = args.count - len(todo)
+    print(f"make-data: {done} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
     jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split) for i in todo]
     start = time.perf_counter()
     if jobs:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(max(1, min(args.workers, len(jobs))), initializer=_quiet_worker) as pool:
+        workers = max(1, min(args.workers, len(jobs)))
+        # fresh workers now and then: a long Blender session must not accumulate memory
+        with ctx.Pool(workers, initializer=_quiet_worker, maxtasksperchild=500) as pool:
             for _ in tqdm(pool.imap_unordered(_run_one, jobs), total=len(jobs), unit="case", file=sys.stderr):
                 pass
     elapsed = time.perf_counter() - start
     index = write_index(out)
     if jobs:
         rate = len(jobs) / elapsed * 3600.0
-        print(f"make-data: {len(jobs)} cases in {elapsed:.1f} s ({elapsed / len(jobs):.2f} s/case, {rate:.0f} cases/hour "
+        print(f"make-data: {len(jobs)} cases in {elapsed:.1f} s ({elapsed / len(jobs):.2f} s/case, "
+              f"{rate:.0f} cases/hour "
               f"with {args.workers} workers)", file=sys.stderr)
     print(f"make-data: {index['n_cases']} cases, {index['n_instances']} instances in {out}", file=sys.stderr)
     return 0

@@ -122,7 +122,8 @@ class _BlenderScene:
         self.materials: list[tuple[Any, Any]] = []
         for k, (obj, mesh) in enumerate(zip(scene.objects, meshes), start=1):
             curved = obj.label in ("sphere", "capsule", "torus", "cylinder", "cone", "stool", "lamp")
-            self.objects.append(_mesh_object(f"instance_{k}", np.asarray(mesh.vertices), np.asarray(mesh.faces), curved))
+            vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+            self.objects.append(_mesh_object(f"instance_{k}", vertices, faces, curved))
             rough = 0.45 + 0.4 * ((k * 0.618) % 1.0)
             self.materials.append((_material(f"mat_{k}", obj.color, rough), _emitter(f"id_{k}", k / 255.0)))
 

@@ -35,10 +35,10 @@ STYLES = ("front_behind", "support", "side_by_side", "scatter", "symmetric", "de
 _STYLE_WEIGHTS = (0.25, 0.2, 0.15, 0.15, 0.1, 0.1, 0.05)
 _GROUND_LABELS = ("table", "box", "cylinder", "cabinet", "sphere", "stool", "chair", "sofa", "cone", "capsule",
                   "wedge", "lamp", "shelf", "bed", "torus")
-_GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 4, 4, 3, 3, 2)
+_GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 5, 4, 3, 3, 2)
 _SUPPORTS = ("table", "cabinet", "shelf", "stool")
 _PROP_LABELS = ("box", "cylinder", "sphere", "cone", "capsule", "torus", "wedge", "lamp", "monitor-on-stand")
-_PROP_WEIGHTS = (10, 8, 6, 4, 3, 3, 3, 4, 6)
+_PROP_WEIGHTS = (10, 8, 6, 4, 3, 3, 4, 4, 6)
 _GAP = 0.03  # minimum clearance between ground footprints, metres
 
 
@@ -210,8 +210,10 @@ def _prop_shape(rng: np.random.Generator, top: SupportTop) -> Shape:
         return make_shape("lamp", rng, float(rng.uniform(0.3, 0.55)))
     if label == "monitor-on-stand" and room >= 0.3:
         return make_shape(label, rng)
+    if label not in PRIMITIVES:  # a monitor without room for it
+        label = "box"
     size = float(rng.uniform(PROP_SIZE[0], min(PROP_SIZE[1], max(PROP_SIZE[0], room * 0.9))))
-    return make_shape(str(rng.choice(("box", "box", "cylinder", "sphere", "cone", "capsule", "torus", "wedge"))), rng, size)
+    return make_shape(label, rng, size)
 
 
 def _yaw(rng: np.random.Generator, aligned: bool) -> float:

@@ -55,7 +55,9 @@ def _box(sx: float, sy: float, sz: float, x: float = 0.0, y: float = 0.0, z0: fl
     return _at(creation.box(extents=(sx, sy, sz)), x, y, z0 + sz / 2.0)
 
 
-def _cylinder(r: float, h: float, x: float = 0.0, y: float = 0.0, z0: float = 0.0, sections: int = _SECTIONS) -> trimesh.Trimesh:
+def _cylinder(
+    r: float, h: float, x: float = 0.0, y: float = 0.0, z0: float = 0.0, sections: int = _SECTIONS
+) -> trimesh.Trimesh:
     return _at(creation.cylinder(radius=r, height=h, sections=sections), x, y, z0 + h / 2.0)
 
 
@@ -228,7 +230,8 @@ def cabinet(rng: np.random.Generator) -> Shape:
     handle_h = min(0.2, body_h * 0.3)
     for k in range(n_doors):
         x = 0.0 if n_doors == 1 else (k - 0.5) * 0.08
-        parts.append(_box(0.02, 0.03, handle_h, x=x + (w * 0.3 if n_doors == 1 else 0.0), y=-d / 2 - 0.01, z0=legs + body_h * 0.55))
+        x += w * 0.3 if n_doors == 1 else 0.0
+        parts.append(_box(0.02, 0.03, handle_h, x=x, y=-d / 2 - 0.01, z0=legs + body_h * 0.55))
     top = legs + body_h
     return Shape("cabinet", _union(parts), SupportTop(top, w / 2 - 0.03, d / 2 - 0.03))
 
@@ -277,9 +280,11 @@ def bed(rng: np.random.Generator) -> Shape:
     return Shape("bed", _union(parts))
 
 
-def lamp(rng: np.random.Generator) -> Shape:
+def lamp(rng: np.random.Generator, height: float | None = None) -> Shape:
     """Floor lamp (1.3-1.8 m) or table lamp (0.3-0.55 m): base, pole, shade."""
-    h = rng.uniform(1.3, 1.8) if rng.random() < 0.55 else rng.uniform(0.3, 0.55)
+    if height is None:
+        height = rng.uniform(1.3, 1.8) if rng.random() < 0.55 else rng.uniform(0.3, 0.55)
+    h = float(height)
     shade_h = h * rng.uniform(0.15, 0.3) if h > 1 else h * rng.uniform(0.35, 0.5)
     shade_r = rng.uniform(0.13, 0.22) if h > 1 else rng.uniform(0.08, 0.14)
     base_r = shade_r * rng.uniform(0.6, 1.0)
@@ -335,7 +340,9 @@ PROP_SIZE = (0.1, 0.4)
 
 
 def make_shape(label: str, rng: np.random.Generator, size: float | None = None) -> Shape:
-    """A random member of a family; `size` (longest side, metres) applies to primitives only."""
+    """A random member of a family; `size` is the longest side of a primitive or the height of a lamp (metres)."""
+    if label == "lamp":
+        return lamp(rng, size)
     if label in _COMPOSITE_BUILDERS:
         return _COMPOSITE_BUILDERS[label](rng)
     if label not in _PRIMITIVE_BUILDERS:
