@@ -51,11 +51,10 @@ class Task:
     def run_inline(self) -> None:
         try:
             result = self.work(self._apply_event, self.cancel_requested.is_set)
+            if self.on_done is not None:
+                self.on_done(result)
         except Exception as exc:  # every failure reaches the user as a message
             self.on_error(error_message(exc))
-            return
-        if self.on_done is not None:
-            self.on_done(result)
 
     def start(self) -> None:
         threading.Thread(target=self._thread, name="scenewright-task", daemon=True).start()
@@ -154,7 +153,6 @@ class GenerationRequest:
     image: np.ndarray  # (H, W, 4) uint8
     seg: np.ndarray  # (H, W, 4) uint8
     settings: dict[str, Any]
-    backend: BackendSettings
 
 
 def reference_image(context: bpy.types.Context) -> bpy.types.Image | None:
@@ -171,7 +169,8 @@ def reference_image(context: bpy.types.Context) -> bpy.types.Image | None:
     return None
 
 
-def collect_request(context: bpy.types.Context, backend: BackendSettings) -> GenerationRequest:
+def collect_request(context: bpy.types.Context) -> GenerationRequest:
+    """Read and check the panel's inputs, so that mistakes are reported before anything is sent."""
     props = context.scene.scenewright
     reference = reference_image(context)
     if reference is None:
@@ -184,9 +183,20 @@ def collect_request(context: bpy.types.Context, backend: BackendSettings) -> Gen
                          "they must be the same size")
     if max(image.shape[:2]) > protocol.MAX_IMAGE_SIDE or min(image.shape[:2]) < protocol.MIN_IMAGE_SIDE:
         raise InputError(f"the reference must be {protocol.MIN_IMAGE_SIDE} to {protocol.MAX_IMAGE_SIDE} pixels per side")
-    if not seg[..., :3].any():
+    instances = np.unique(seg_gray(seg))
+    instances = instances[instances > 0]
+    if len(instances) == 0:
         raise InputError("the masks are empty (all black): paint one gray value or colour per object")
-    return GenerationRequest(context.scene.name, reference.name, image, seg, props.generation_settings(), backend)
+    if len(instances) > protocol.MAX_INSTANCES:
+        raise InputError(f"the masks hold {len(instances)} gray values, at most {protocol.MAX_INSTANCES} objects are "
+                         "supported; antialiased painting makes extra values: paint with a hard brush")
+    return GenerationRequest(context.scene.name, reference.name, image, seg, props.generation_settings())
+
+
+def seg_gray(seg: np.ndarray) -> np.ndarray:
+    """(H, W, 3|4) uint8 -> (H, W) gray as the backend reads seg maps (PIL's fixed-point ITU-R 601-2 luma)."""
+    rgb = seg[..., :3].astype(np.int64)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 def results_folder(backend: BackendSettings, job_id: str) -> Path:
@@ -199,7 +209,7 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
 
     Raises InputError (before anything is sent) when the inputs are unusable.
     """
-    request = collect_request(context, backend)
+    request = collect_request(context)
     props = context.scene.scenewright
     props.error = ""
     key = uuid.uuid4().hex

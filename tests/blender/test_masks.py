@@ -48,11 +48,18 @@ with open(PARAMS["seg_png"], "wb") as fh:
     fh.write(images.encode_png(seg[..., 0]))
 blank = bpy.ops.scenewright.create_blank_mask()
 blank_pixels = images.image_to_array(props.seg_image)
-try:
-    bpy.ops.scenewright.generate()
-    generate_error = None
-except RuntimeError as exc:
-    generate_error = str(exc)
+def generate_error():
+    try:
+        bpy.ops.scenewright.generate()
+    except RuntimeError as exc:
+        return str(exc)
+
+
+empty_error = generate_error()
+width, height = props.reference_image.size
+many = np.repeat(np.arange(1, 21, dtype=np.uint8) * 12, width * height // 20 + 1)[: width * height].reshape(height, width)
+props.seg_image = images.array_to_image("many", many)
+many_error = generate_error()
 
 rgba = (rng.random((7, 9, 4)) * 255).astype(np.uint8)
 for name, array in (("gray", rgba[..., 0]), ("rgb", rgba[..., :3]), ("rgba", rgba)):
@@ -60,7 +67,7 @@ for name, array in (("gray", rgba[..., 0]), ("rgb", rgba[..., :3]), ("rgba", rgb
         fh.write(images.encode_png(array))
 np.save(PARAMS["png_dir"] + "/source.npy", rgba)
 done({"agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
-      "blank_max": int(blank_pixels[..., :3].max()), "generate_error": generate_error, "panel": props.error})
+      "blank_max": int(blank_pixels[..., :3].max()), "empty_error": empty_error, "many_error": many_error})
 '''
 
 
@@ -81,7 +88,8 @@ def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
         assert (got == want).all()
 
     assert out["blank"] == ["FINISHED"] and out["blank_size"] == [140, 100] and out["blank_max"] == 0
-    assert "masks are empty" in out["generate_error"] and "masks are empty" in out["panel"]
+    assert "masks are empty" in out["empty_error"]
+    assert "20 gray values, at most 16 objects" in out["many_error"]
 
     source = np.load(tmp_path / "source.npy")
     assert (np.asarray(Image.open(tmp_path / "gray.png")) == source[..., 0]).all()
