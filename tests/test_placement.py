@@ -240,3 +240,21 @@ def test_yaw_is_solved_for_gravity_aligned_frames_and_levelled_by_placement():
     table = placement.instances[0].vertices
     extents = np.ptp(table, axis=0)
     assert extents[0] / extents[1] == pytest.approx(1.2 / 0.8, rel=0.1)  # the table is square to the view again
+
+
+def test_tilted_floor_is_levelled():
+    """A prediction tilted by 4 degrees comes back with a level table top and every floor object at z = 0."""
+    meshes = _scene()
+    camera = _true_camera()
+    seg = _seg(meshes, camera)
+    a, b = math.radians(3.0), math.radians(-2.65)
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    tilt = np.array([[math.cos(b), 0.0, math.sin(b)], [0.0, 1.0, 0.0], [-math.sin(b), 0.0, math.cos(b)]]) @ tilt
+    tilted = [(v @ tilt.T, f) for v, f in meshes]
+    placement = place_scene(tilted, [seg == k + 1 for k in range(4)], SIZE, scene_size_m=4.0)
+    assert placement.diagnostics["ground_tilt_deg"] == pytest.approx(4.0, abs=0.3)
+    table, slab = placement.instances[0], 0.05 * placement.diagnostics["scale_m_per_unit"]
+    top = table.vertices[table.vertices[:, 2] > table.vertices[:, 2].max() - 1.5 * slab]
+    assert np.ptp(top[:, 2]) < slab * 1.05  # the slab's own thickness; tilted it would be about 0.1 m more
+    assert placement.instances[1].support == 1
+    assert abs(_pitch_deg(Camera.from_dict(placement.camera)) - 30.0) < 3.0

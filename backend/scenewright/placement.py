@@ -33,6 +33,9 @@ DEFAULT_SCENE_SIZE_M = 4.0
 FLOOR_FRACTION = 0.04
 # An instance that would drop (or rise) by at most this fraction of the scene size onto a surface rests on it.
 SNAP_FRACTION = 0.05
+# The floor plane fit corrects tilts between these angles. Below, a tilt is as likely one instance floating a
+# little (snapping handles both); above, the input frame is trusted over the fit.
+MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 
 # MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
 # The reference (VAST-AI-Research/MIDI-3D) exports its meshes with trimesh as
@@ -417,20 +420,22 @@ def place_scene(
     usable = [i for i, m in enumerate(meshes) if _usable(m)]
     if not usable:
         raise ValueError("nothing to place: every mesh is empty")
+    faces = {i: np.asarray(meshes[i][1], np.int64) for i in usable}
+    # Level a slightly tilted floor first (the camera solve assumes no roll), then turn the scene about +Z
+    # so the camera looks along +Y (a no-op for view-frame input, whose camera has no yaw).
+    tilt, tilt_deg = _ground_levelling({i: np.asarray(meshes[i][0], np.float64) for i in usable})
     solve_info: dict[str, Any] = {}
     if camera is None:
-        camera, solve_info = solve_camera(meshes, masks, image_size, config)
-
-    # Turn the input about +Z so the camera looks along +Y: a no-op for view-frame input (a camera without yaw).
-    level = view_frame_transform(camera.matrix_world)
+        levelled = [None if i not in faces else (np.asarray(m[0], np.float64) @ tilt[:3, :3].T, faces[i]) for i, m in enumerate(meshes)]
+        camera, solve_info = solve_camera(levelled, masks, image_size, config)
+        camera = Camera(tilt.T @ camera.matrix_world, camera.fov_deg, camera.resolution, camera.sensor_fit)
+    level = view_frame_transform(tilt @ camera.matrix_world) @ tilt
     vertices = {i: np.asarray(meshes[i][0], np.float64) @ level[:3, :3].T for i in usable}
-    faces = {i: np.asarray(meshes[i][1], np.int64) for i in usable}
     stacked = np.concatenate(list(vertices.values()))
     lo, hi = stacked.min(axis=0), stacked.max(axis=0)
     size = max(float((hi - lo).max()), 1e-12)
     bottoms = {i: float(vertices[i][:, 2].min()) for i in usable}
-    lowest = min(bottoms.values())
-    floor = [i for i in usable if bottoms[i] - lowest <= FLOOR_FRACTION * size]
+    floor = _floor_instances(bottoms, size)
     ground = float(np.median([bottoms[i] for i in floor]))
 
     tolerance = SNAP_FRACTION * size
@@ -483,6 +488,7 @@ def place_scene(
         "scene_size_m": float(scene_size_m or DEFAULT_SCENE_SIZE_M),
         "scale_m_per_unit": scale,
         "ground_height_input": ground,
+        "ground_tilt_deg": tilt_deg,
         "floor_ids": [ids[i] for i in floor],
         "floating_ids": floating,
         "empty_ids": [ids[i] for i in range(len(meshes)) if i not in vertices],
@@ -496,11 +502,57 @@ def place_scene(
     )
 
 
-def _bottom_points(vertices: np.ndarray, band: float, limit: int = 64) -> np.ndarray:
-    """The vertices within `band` of the mesh's lowest point (at most `limit`): where it touches a support."""
+def _floor_instances(bottoms: dict[int, float], size: float, fraction: float = FLOOR_FRACTION) -> list[int]:
+    """Instances whose lowest point is within `fraction` of the scene size of the lowest one."""
+    lowest = min(bottoms.values())
+    return [i for i, b in bottoms.items() if b - lowest <= fraction * size]
+
+
+def _ground_levelling(vertices: dict[int, np.ndarray], iterations: int = 3) -> tuple[np.ndarray, float]:
+    """Rotation (4x4) that levels the plane through the floor instances' contact points, and its angle in degrees.
+
+    Identity when the contact points do not spread in two horizontal
+    directions (a standard deviation of 5 % of the scene size each way), or when the plane's
+    tilt is outside [MIN_TILT_DEG, MAX_TILT_DEG]. Each
+    instance's contact points count equally; floor membership is re-decided
+    after each levelling step (the first with a band three times as wide).
+    """
+    rotation = np.eye(3)
+    all_points = np.concatenate(list(vertices.values()))
+    size = max(float(np.ptp(all_points, axis=0).max()), 1e-12)
+    for step in range(iterations):
+        turned = {i: v @ rotation.T for i, v in vertices.items()}
+        # The first fit takes a wider band: a tilt lifts the far floor objects (10 deg over the scene: 17 %).
+        band = 3.0 * FLOOR_FRACTION if step == 0 else FLOOR_FRACTION
+        floor = _floor_instances({i: float(v[:, 2].min()) for i, v in turned.items()}, size, band)
+        points = np.concatenate([_bottom_points(turned[i], 0.01 * size, limit=16, spread=True) for i in floor])
+        centred = points - points.mean(axis=0)
+        if np.linalg.eigvalsh(centred[:, :2].T @ centred[:, :2] / len(points))[0] < (0.05 * size) ** 2:
+            break
+        slope = np.linalg.lstsq(centred[:, :2], centred[:, 2], rcond=None)[0]
+        normal = np.array([-slope[0], -slope[1], 1.0]) / math.hypot(1.0, *slope)
+        axis = np.cross(normal, [0.0, 0.0, 1.0])
+        angle = math.asin(min(float(np.linalg.norm(axis)), 1.0))
+        if angle < 1e-9:
+            break
+        k = axis / np.linalg.norm(axis)
+        cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+        rotation = (np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross) @ rotation
+    tilt_deg = math.degrees(math.acos(min(rotation[2, 2], 1.0)))
+    out = np.eye(4)
+    if MIN_TILT_DEG <= tilt_deg <= MAX_TILT_DEG:
+        out[:3, :3] = rotation
+    return out, tilt_deg
+
+
+def _bottom_points(vertices: np.ndarray, band: float, limit: int = 64, spread: bool = False) -> np.ndarray:
+    """The vertices within `band` of the mesh's lowest point (at most `limit`): where it touches a support.
+
+    With `spread`, exactly `limit` points (repeated if fewer), so that every instance weighs the same in a fit.
+    """
     low = vertices[vertices[:, 2] <= vertices[:, 2].min() + band]
-    if len(low) > limit:
-        low = low[np.linspace(0, len(low) - 1, limit).astype(np.int64)]
+    if len(low) > limit or spread:
+        low = low[np.linspace(0, len(low) - 1, limit).round().astype(np.int64)]
     return low
 
 
