@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import trimesh
 from PIL import Image
 
+from scenewright.camera import Camera
 from scenewright.export import export_result
 from scenewright.pipeline import GeneratedInstance, GenerationResult
 from scenewright.protocol import GenerationSettings
@@ -23,7 +25,7 @@ def _rotation_z(degrees: float, translation: tuple[float, float, float]) -> np.n
     return matrix
 
 
-def _write_result(folder):
+def _write_result(folder, resolution):
     table = trimesh.creation.box(extents=(2.0, 1.0, 0.8))
     table.apply_translation((0, 0, 0.4))  # bottom centre at the origin, as the protocol promises
     lamp = trimesh.creation.cylinder(radius=0.2, height=0.6)  # centred at the origin: the importer must fix that
@@ -35,7 +37,7 @@ def _write_result(folder):
         GeneratedInstance(3, "ghost", np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)),
     ]
     camera_matrix = np.array([[1.0, 0, 0, 0.3], [0, 0.6, -0.8, -6.0], [0, 0.8, 0.6, 4.0], [0, 0, 0, 1]])
-    camera = {"resolution": [640, 480], "sensor_fit": "AUTO", "fov_deg": 50.0, "matrix_world": camera_matrix.tolist()}
+    camera = {"resolution": list(resolution), "sensor_fit": "AUTO", "fov_deg": 50.0, "matrix_world": camera_matrix.tolist()}
     result = GenerationResult(instances, GenerationSettings(seed=42, steps=3), {"name": "view"}, camera=camera,
                               supports={1: None, 2: None, 3: None})
     export_result(result, folder, JOB_ID, model="tiny")
@@ -51,18 +53,25 @@ scene = bpy.context.scene
 reference = images.load_image(PARAMS["reference"])
 imported = importer.import_result(PARAMS["folder"], scene, reference)
 objects = describe(imported.collection.objects)
-done({"collection": imported.collection.name, "collection_job": imported.collection.get("scenewright_job_id"),
+from bpy_extras.object_utils import world_to_camera_view
+width, height = scene.render.resolution_x, scene.render.resolution_y
+projected = {}  # pixel (column, row) of every vertex as seen through the imported camera
+for obj in imported.objects:
+    points = [world_to_camera_view(scene, scene.camera, obj.matrix_world @ v.co) for v in obj.data.vertices]
+    projected[obj.name] = [[p.x * width, (1.0 - p.y) * height] for p in points]
+done({"projected": projected, "collection": imported.collection.name, "collection_job": imported.collection.get("scenewright_job_id"),
       "scene_collections": [c.name for c in scene.collection.children], "objects": objects,
       "skipped": imported.skipped, "scene_camera": scene.camera.name if scene.camera else None,
       "render": [scene.render.resolution_x, scene.render.resolution_y], "reference": reference.name})
 '''
 
 
-def test_import_places_one_object_per_instance_with_camera(blender, tmp_path):
+@pytest.mark.parametrize("resolution", [(640, 480), (480, 640)], ids=["landscape", "portrait"])
+def test_import_places_one_object_per_instance_with_camera(blender, tmp_path, resolution):
     folder = tmp_path / "result"
-    instances, camera = _write_result(folder)
+    instances, camera = _write_result(folder, resolution)
     reference = tmp_path / "reference.png"
-    Image.new("RGB", (640, 480), (200, 180, 160)).save(reference)
+    Image.new("RGB", resolution, (200, 180, 160)).save(reference)
 
     out = blender.run(IMPORT_SCRIPT, {"folder": str(folder), "reference": str(reference)}).result
 
@@ -95,4 +104,10 @@ def test_import_places_one_object_per_instance_with_camera(blender, tmp_path):
     assert cam["sensor_fit"] == "AUTO"
     np.testing.assert_allclose(cam["matrix_world"], camera["matrix_world"], atol=1e-6)
     assert cam["show_bg"] and cam["bg_image"] == out["reference"]
-    assert out["render"] == [640, 480]
+    assert out["render"] == list(resolution)
+    # through the imported camera every vertex lands where the backend's camera model puts it
+    backend_camera = Camera.from_dict(camera)
+    for name, inst in (("table_1", instances[0]), ("instance_2", instances[1])):
+        world = inst.vertices @ inst.transform[:3, :3].T + inst.transform[:3, 3]
+        pixels, _ = backend_camera.project(world)
+        np.testing.assert_allclose(out["projected"][name], pixels, atol=1e-2)
