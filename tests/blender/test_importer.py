@@ -59,7 +59,8 @@ projected = {}  # pixel (column, row) of every vertex as seen through the import
 for obj in imported.objects:
     points = [world_to_camera_view(scene, scene.camera, obj.matrix_world @ v.co) for v in obj.data.vertices]
     projected[obj.name] = [[p.x * width, (1.0 - p.y) * height] for p in points]
-done({"projected": projected, "collection": imported.collection.name, "collection_job": imported.collection.get("scenewright_job_id"),
+done({"projected": projected, "collection": imported.collection.name,
+      "collection_job": imported.collection.get("scenewright_job_id"),
       "scene_collections": [c.name for c in scene.collection.children], "objects": objects,
       "skipped": imported.skipped, "scene_camera": scene.camera.name if scene.camera else None,
       "render": [scene.render.resolution_x, scene.render.resolution_y], "reference": reference.name})
