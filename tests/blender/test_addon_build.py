@@ -1,0 +1,39 @@
+"""The built extension: its contents, the vendored wire format, and what the add-on may import."""
+
+from __future__ import annotations
+
+import ast
+import zipfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADDON_DIR = REPO_ROOT / "blender_addon"
+BPY_FREE = ("client.py", "backend_process.py")  # testable outside Blender
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_zip_holds_the_sources_and_the_vendored_protocol(addon_zip):
+    with zipfile.ZipFile(addon_zip) as archive:
+        names = set(archive.namelist())
+        vendored = archive.read("protocol.py")
+    sources = {p.name for p in ADDON_DIR.glob("*.py")}
+    assert names == sources | {"protocol.py", "blender_manifest.toml"}
+    assert "protocol.py" not in sources  # one definition: copied at build time, never kept in the add-on
+    assert vendored == (REPO_ROOT / "backend" / "scenewright" / "protocol.py").read_bytes()
+
+
+def test_addon_never_imports_torch_or_the_backend_and_its_client_needs_no_bpy():
+    for path in ADDON_DIR.glob("*.py"):
+        imported = _imports(path)
+        assert not imported & {"torch", "scenewright"}, path.name
+        if path.name in BPY_FREE:
+            assert not imported & {"bpy", "mathutils", "bpy_extras", "numpy"}, path.name
