@@ -9,6 +9,7 @@ the spawned workers import bpy, once each, and render many cases.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -119,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if importlib.util.find_spec("bpy") is None:  # checked here, imported only by the workers
+        print("make-data needs Blender's Python module: pip install 'scenewright[blender]' (bpy==5.0.1)", file=sys.stderr)
+        return 2
     from tqdm import tqdm
 
     out: Path = args.out
