@@ -78,6 +78,38 @@ def test_small_part_between_coarse_samples_is_found():
     assert fast.num_queries * 20 < dense.num_queries
 
 
+def test_steeper_field_refines_the_same_band():
+    """The band is measured with the field's slope, so 25 x the distance refines the same cells."""
+    plain = extract_meshes(analytic_scene_field, 3, 64, coarse_resolution=16)
+    steep = extract_meshes(lambda p: 25.0 * analytic_scene_field(p), 3, 64, coarse_resolution=16)
+    assert steep.num_queries == plain.num_queries
+    for a, b in zip(plain.meshes, steep.meshes):
+        np.testing.assert_array_equal(a.faces, b.faces)
+        np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)
+
+
+def test_random_decoder_field_equals_dense():
+    """A random-weight VAE decoder (golden-replica size) is far from a distance field; still the dense mesh."""
+    from scenewright.models.presets import build_components
+
+    vae = build_components("tiny", seed=0)["vae"]
+    latents = torch.randn(2, 64, vae.config.latent_channels, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        kv = vae.decoder_kv(latents)
+        probe = torch.rand(2, 4096, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        vae.decoder.proj_out.bias += torch.quantile(vae.query(kv, probe).flatten(), 0.05)  # ~5% inside
+
+        def field(points: torch.Tensor) -> torch.Tensor:
+            return vae.query(kv, points)
+
+        dense = extract_meshes_dense(field, 2, 32)
+        fast = extract_meshes(field, 2, 32, coarse_resolution=8)
+    for d, f in zip(dense.meshes, fast.meshes):
+        assert d is not None
+        np.testing.assert_array_equal(f.faces, d.faces)
+        np.testing.assert_array_equal(f.vertices, d.vertices)
+
+
 def test_field_without_surface_gives_none_from_the_coarse_grid_only():
     for sign in (1.0, -1.0):
         result = extract_meshes(lambda p: torch.full(p.shape[:2], sign), 2, 128, coarse_resolution=16)

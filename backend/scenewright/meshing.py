@@ -258,8 +258,9 @@ def extract_meshes(
 
     Per level (cell size halving from `coarse_resolution` cells per axis, default the
     largest power-of-two fraction of `resolution` not below 32): a cell is refined when
-    its corners straddle the level or one lies within `band` cell diagonals of it
-    (a distance field cannot cross the level farther away), grown by `dilation` cells
+    its corners straddle the level or one lies within `band` cell diagonals of it,
+    measured with the field's steepest slope across the level seen so far (a field
+    with that slope cannot cross the level farther away), grown by `dilation` cells
     so thin parts and curvature between samples are kept. Skipped samples take
     interpolated values of their cell's sign. Before refining, straddling cells with
     interpolated corners get those corners evaluated (up to `max_repair_rounds`), so the
@@ -272,8 +273,8 @@ def extract_meshes(
         raise ValueError(f"resolution {resolution} must be coarse_resolution {coarse} times a power of two")
     axes = grid_axes(bbox_min, bbox_max, resolution)
     sampler = _FieldSampler(field_fn, axes, chunk_size)
-    voxel = np.asarray(bbox_max, np.float64) - np.asarray(bbox_min, np.float64)
-    voxel_diagonal = float(np.linalg.norm(voxel / resolution))
+    voxel = (np.asarray(bbox_max, np.float64) - np.asarray(bbox_min, np.float64)) / resolution
+    voxel_diagonal = float(np.linalg.norm(voxel))
 
     stride = ratio  # final-grid samples per cell at the current level
     n = coarse
@@ -282,13 +283,13 @@ def extract_meshes(
     states = [_Level(v.reshape((n + 1,) * 3), np.ones((n + 1,) * 3, dtype=bool)) for v in values]
 
     while True:
-        threshold = band * stride * voxel_diagonal
         _repair(sampler, states, level, stride, max_repair_rounds)
         if stride == 1:
             break
         refine = []
         for state in states:
-            near = _reduce_corners(np.abs(state.values - level) < threshold, np.logical_or)
+            slope = _surface_slope(state, level, stride * voxel)
+            near = _reduce_corners(np.abs(state.values - level) < band * slope * stride * voxel_diagonal, np.logical_or)
             cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, np.logical_and))
             if dilation:
                 from scipy.ndimage import binary_dilation
@@ -311,6 +312,23 @@ def _default_coarse(resolution: int) -> int:
     while coarse % 2 == 0 and coarse > 32:
         coarse //= 2
     return coarse
+
+
+def _surface_slope(state: _Level, level: float, spacing: np.ndarray) -> float:
+    """Steepest change of the field per unit length along known grid edges that cross the level.
+
+    1 for a distance field; a steeper field (logits, a learned decoder) widens the
+    refinement band in value units by the same factor, so it stays a band in space.
+    """
+    slope = 0.0
+    for axis in range(3):
+        low = tuple(slice(0, -1) if d == axis else slice(None) for d in range(3))
+        high = tuple(slice(1, None) if d == axis else slice(None) for d in range(3))
+        a, b = state.values[low], state.values[high]
+        crossing = state.known[low] & state.known[high] & ((a > level) != (b > level))
+        if crossing.any():
+            slope = max(slope, float(np.abs(a[crossing] - b[crossing]).max()) / spacing[axis])
+    return slope or 1.0
 
 
 def _evaluate(sampler: _FieldSampler, states: list[_Level], wanted: list[np.ndarray], stride: int) -> None:
