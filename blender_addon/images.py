@@ -45,8 +45,8 @@ def image_to_array(image: bpy.types.Image) -> np.ndarray:
         pixels = np.concatenate([np.repeat(pixels, 3, axis=2), np.ones_like(pixels)], axis=2)
     elif image.channels == 3:
         pixels = np.concatenate([pixels, np.ones_like(pixels[..., :1])], axis=2)
-    if image.is_float and image.colorspace_settings.name not in ("Non-Color", "sRGB"):
-        pixels[..., :3] = _linear_to_srgb(pixels[..., :3])  # float buffers hold scene-linear values
+    if image.is_float and image.colorspace_settings.name != "Non-Color":
+        pixels[..., :3] = _linear_to_srgb(pixels[..., :3])  # float buffers (16-bit PNG, EXR) hold scene-linear values
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -66,7 +66,8 @@ for name, array in (("gray", rgba[..., 0]), ("rgb", rgba[..., :3]), ("rgba", rgb
     with open(PARAMS["png_dir"] + "/" + name + ".png", "wb") as fh:
         fh.write(images.encode_png(array))
 np.save(PARAMS["png_dir"] + "/source.npy", rgba)
-done({"agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
+sixteen_bit = images.image_to_array(images.load_image(PARAMS["png_dir"] + "/gray16.png"))
+done({"sixteen_bit": sorted(set(sixteen_bit[..., :3].ravel().tolist())), "agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
       "blank_max": int(blank_pixels[..., :3].max()), "empty_error": empty_error, "many_error": many_error})
 '''
 
@@ -74,6 +75,7 @@ done({"agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size"
 def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
     rgb, expected = _plain_background_scene()
     Image.fromarray(rgb).save(tmp_path / "scene.png")
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "gray16.png")  # loads as a linear float buffer
     run = blender.run(MASKS_SCRIPT, {"image": str(tmp_path / "scene.png"), "seg_png": str(tmp_path / "seg.png"),
                                      "png_dir": str(tmp_path)})
     out = run.result
@@ -90,6 +92,8 @@ def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
     assert out["blank"] == ["FINISHED"] and out["blank_size"] == [140, 100] and out["blank_max"] == 0
     assert "masks are empty" in out["empty_error"]
     assert "20 gray values, at most 16 objects" in out["many_error"]
+
+    assert out["sixteen_bit"] == [128]  # mid-gray in the file is mid-gray on the wire
 
     source = np.load(tmp_path / "source.npy")
     assert (np.asarray(Image.open(tmp_path / "gray.png")) == source[..., 0]).all()
