@@ -258,3 +258,15 @@ def test_tilted_floor_is_levelled():
     assert np.ptp(top[:, 2]) < slab * 1.05  # the slab's own thickness; tilted it would be about 0.1 m more
     assert placement.instances[1].support == 1
     assert abs(_pitch_deg(Camera.from_dict(placement.camera)) - 30.0) < 3.0
+
+
+def test_without_any_mask_for_a_mesh_the_camera_frames_the_scene():
+    meshes = _scene()
+    empty_masks = [np.zeros((SIZE[1], SIZE[0]), bool)] * 4
+    camera, diagnostics = solve_camera(meshes, empty_masks, SIZE)
+    assert diagnostics["fallback"] is True
+    silhouettes = render_silhouettes(meshes, camera)
+    inside = [s.any() and not (s[0].any() or s[-1].any() or s[:, 0].any() or s[:, -1].any()) for s in silhouettes]
+    assert all(inside)  # every object in view, none cut by the border
+    with pytest.raises(ValueError, match="non-empty mesh"):
+        solve_camera([None], empty_masks[:1], SIZE)

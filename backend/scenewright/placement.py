@@ -260,7 +260,8 @@ def solve_camera(
     """Camera (in the meshes' own frame) through which each mesh's silhouette matches its mask.
 
     meshes_view_frame[i] pairs with masks[i] ((H, W) bool); a None or empty
-    mesh, or an empty mask, is left out of the fit. Steps: grid over pitch and
+    mesh, or an empty mask, is left out of the fit. Without any pair left, the
+    camera frames the meshes at the prior pitch and fov (diagnostics "fallback"). Steps: grid over pitch and
     fov with a linear position guess, robust (soft-L1) least squares on the
     masks' outlines (support functions along 8 directions; sides cut by the
     image border or touching another instance only count when the projection
@@ -271,7 +272,10 @@ def solve_camera(
     start = time.perf_counter()
     width, height = int(image_size[0]), int(image_size[1])
     if not any(_usable(m) and np.asarray(k).any() for m, k in zip(meshes_view_frame, masks)):
-        raise ValueError("camera solve needs at least one instance with both a non-empty mesh and a non-empty mask")
+        usable = [np.asarray(m[0], np.float64) for m in meshes_view_frame if _usable(m)]
+        if not usable:
+            raise ValueError("camera solve needs at least one non-empty mesh")
+        return _framing_camera(np.concatenate(usable), cfg, (width, height)), {"fallback": True, "used_instances": []}
     problem = _CameraProblem(meshes_view_frame, masks, (width, height), cfg)
 
     yaws = cfg.yaw_grid_deg if cfg.solve_yaw else (None,)
@@ -310,6 +314,16 @@ def solve_camera(
         "time_s": time.perf_counter() - start,
     }
     return camera, diagnostics
+
+
+def _framing_camera(vertices: np.ndarray, cfg: CameraSolveConfig, image_size: tuple[int, int]) -> Camera:
+    """No mesh has a mask to fit: a camera at the prior pitch and fov that frames the scene's bounding sphere."""
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-9)
+    half_fov = math.atan(math.tan(math.radians(cfg.prior_fov_deg) / 2.0) * min(image_size) / max(image_size))  # narrower side
+    probe = camera_from_params(cfg.prior_pitch_deg, cfg.prior_fov_deg, (0.0, 0.0, 0.0), image_size)
+    position = (lo + hi) / 2.0 + probe.matrix_world[:3, 2] * radius / math.sin(half_fov)
+    return camera_from_params(cfg.prior_pitch_deg, cfg.prior_fov_deg, position, image_size)
 
 
 def _extreme_points(vertices: np.ndarray, directions: int) -> np.ndarray:
