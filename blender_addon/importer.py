@@ -111,10 +111,7 @@ def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy
             continue
         vertices, faces = meshes[record.node]
         vertices, transform = _bottom_centred(vertices, np.asarray(record.transform, dtype=np.float64))
-        mesh = bpy.data.meshes.new(record.node)
-        mesh.from_pydata(vertices, [], faces)
-        mesh.validate()
-        mesh.update()
+        mesh = _new_mesh(record.node, vertices, faces)
         obj = bpy.data.objects.new(record.node, mesh)
         obj.matrix_world = Matrix(transform.tolist())
         obj[PROP_PREFIX + "job_id"] = manifest.job_id
@@ -127,6 +124,20 @@ def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy
     if manifest.camera is not None:
         imported.camera = _add_camera(manifest, collection, scene, reference)
     return imported
+
+
+def _new_mesh(name: str, vertices: np.ndarray, faces: np.ndarray) -> bpy.types.Mesh:
+    """A triangle mesh from arrays with foreach_set (several times faster than from_pydata on big meshes)."""
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(vertices))
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(vertices, dtype=np.float32).ravel())
+    mesh.loops.add(faces.size)
+    mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(faces, dtype=np.int32).ravel())
+    mesh.polygons.add(len(faces))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+    mesh.validate()  # drops degenerate triangles marching cubes can leave
+    mesh.update()
+    return mesh
 
 
 def _bottom_centred(vertices: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
