@@ -44,8 +44,9 @@ MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 # image's right is +X). Its 3D-FRONT training scenes are y-up as well. So
 # view X = x, view Y (away from the camera) = -z, view Z (up) = y: a +90 degree
 # rotation about X. MIDI's scene yaw is not guaranteed to face the camera (the
-# same scene is trained from several views), which the evaluation's ICP
-# absorbs; the camera solve here assumes the scene already faces the camera.
+# same scene is trained from several views; its evaluation's ICP absorbs
+# that), so solve its camera with CameraSolveConfig(solve_yaw=True):
+# place_scene then turns the scene to face the camera.
 MIDI_TO_VIEW = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
@@ -89,7 +90,7 @@ class Placement:
     instances: list[PlacedInstance | None]  # None where the input mesh was empty
     camera: dict[str, Any]  # protocol CameraSpec dict, scene frame
     input_camera: dict[str, Any]  # the same camera in the frame of the input meshes
-    scene_from_input: np.ndarray  # (4, 4) similarity (turn about +Z, scale, shift): input -> scene frame, before snaps
+    scene_from_input: np.ndarray  # (4, 4) similarity (levelling rotation, scale, shift): input -> scene, before snaps
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -418,9 +419,12 @@ def place_scene(
     """Solve the camera (unless given), stand the instances on the ground and their supports, scale to metres.
 
     meshes are in the view frame (any origin and scale), paired with masks
-    ((H, W) bool); if the camera has a yaw (a gravity-aligned input solved with
-    `solve_yaw`), the scene is first turned about +Z so the camera looks along +Y. Ground: the horizontal plane at the median bottom height of
-    the instances within FLOOR_FRACTION of the lowest one; it ends at z = 0.
+    ((H, W) bool); a given camera is in the same frame. Levelling: a floor
+    tilted by MIN_TILT_DEG to MAX_TILT_DEG is rotated level; a camera with a
+    yaw (gravity-aligned input solved with `solve_yaw`) has the scene turned
+    about +Z to face it. Ground: the horizontal plane at the median bottom
+    height of the instances within FLOOR_FRACTION of the lowest one; it ends
+    at z = 0.
     Supports: from the lowest instance upwards, each instance is dropped (or
     lifted) onto the first surface below its bottom points, the ground or an
     already placed instance, when that takes at most SNAP_FRACTION of the
@@ -501,7 +505,7 @@ def place_scene(
         **solve_info,
         "scene_size_m": float(scene_size_m or DEFAULT_SCENE_SIZE_M),
         "scale_m_per_unit": scale,
-        "ground_height_input": ground,
+        "ground_height_levelled": ground,  # in input units, after the levelling rotation
         "ground_tilt_deg": tilt_deg,
         "floor_ids": [ids[i] for i in floor],
         "floating_ids": floating,
