@@ -20,7 +20,8 @@ def test_extraction_benchmark_reports_counts_and_equal_meshes(tmp_path, capsys):
 
 def test_sampler_benchmark_times_every_stage(tmp_path, capsys):
     out = tmp_path / "sampler.json"
-    argv = ["sampler", "--config", "small", "--steps", "2", "--instances", "1,2", "--resolution", "16", "--json", str(out)]
+    argv = ["sampler", "--config", "small", "--steps", "2", "--instances", "1,2", "--resolution", "16", "--threads", "1",
+            "--json", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert [row["instances"] for row in result["rows"]] == [1, 2]

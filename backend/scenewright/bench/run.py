@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     smp.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16 on CUDA, else fp32)")
     smp.add_argument("--resolution", type=int, default=None, help="mesh cells per axis (default: the preset's)")
+    smp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     smp.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     return parser
 
@@ -38,11 +39,16 @@ def main(argv: list[str]) -> int:
 
         from .sampler import format_sampler, run_sampler
 
-        with torch.inference_mode():
-            result = run_sampler(
-                args.config, tuple(int(n) for n in args.instances.split(",")), args.steps, args.guidance_scale,
-                args.device, args.dtype, args.resolution,
-            )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)
+        try:
+            with torch.inference_mode():
+                result = run_sampler(
+                    args.config, tuple(int(n) for n in args.instances.split(",")), args.steps, args.guidance_scale,
+                    args.device, args.dtype, args.resolution,
+                )
+        finally:
+            torch.set_num_threads(threads)  # main() may run inside another program (tests)
         print(format_sampler(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
