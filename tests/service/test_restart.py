@@ -26,6 +26,9 @@ def test_restart_serves_earlier_results(make_service, scene, tmp_path):
     assert second.get(f"/v1/jobs/{job['job_id']}/result.glb").content == glb
     assert second.get(f"/v1/jobs/{job['job_id']}/result.json").json() == manifest
     assert [j["job_id"] for j in second.get("/v1/jobs").json()["jobs"]] == [job["job_id"]]
+    (tmp_path / "data" / "jobs" / job["job_id"] / "result.glb").unlink()
+    missing = second.get(f"/v1/jobs/{job['job_id']}/result.glb")
+    assert missing.status_code == 409 and "missing" in missing.json()["detail"]
 
 
 def test_job_of_a_killed_service_comes_back_failed(make_service, scene, tmp_path, tiny_model):

@@ -119,7 +119,10 @@ class JobManager:
         status = self.get(job_id)
         if status.state != "succeeded":
             raise JobConflict(f"job {job_id} is {status.state}; results exist only for succeeded jobs")
-        return self.store.result_path(job_id, name)
+        path = self.store.result_path(job_id, name)
+        if not path.is_file():
+            raise JobConflict(f"the {name} of job {job_id} is missing from the data dir (deleted?); submit the job again")
+        return path
 
     # ---- worker -------------------------------------------------------------------------
 

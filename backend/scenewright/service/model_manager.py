@@ -19,15 +19,18 @@ from ..loading import MODEL_INDEX, ModelLoadError, resolve_device, resolve_sourc
 from ..pipeline import ScenePipeline, default_model_path
 
 OOM_MESSAGE = (
-    "out of GPU memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
+    "out of memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
     "run the service with --dtype bf16, or free memory (close other GPU programs, or unload models "
     "with POST /v1/models/unload)"
 )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA raises OutOfMemoryError; MPS and some CUDA paths raise a RuntimeError saying so."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    """CUDA raises OutOfMemoryError; MPS and the CPU allocator raise RuntimeErrors that say so."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def out_of_memory_message(exc: BaseException) -> str:

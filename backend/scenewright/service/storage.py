@@ -77,9 +77,6 @@ class JobStore:
         except FileNotFoundError as exc:
             raise UnknownJob(job_id) from exc
 
-    def read_input(self, job_id: str, name: str) -> bytes:
-        return (self.job_dir(job_id) / name).read_bytes()
-
     def result_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / name
 

@@ -1,0 +1,70 @@
+"""In-process checks of the parts that guard the disk and classify failures (fast; no service process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scenewright.protocol import JobStatus
+from scenewright.service.model_manager import is_out_of_memory, out_of_memory_message
+from scenewright.service.storage import INTERRUPTED_MESSAGE, JobStore, UnknownJob, new_job_id
+
+
+@pytest.mark.parametrize("job_id", [
+    "../service", "..", "", "a" * 31, "a" * 33, "A" * 32, "g" * 32, "a" * 32 + "\n", "/" + "a" * 31, "a" * 16 + "/" + "a" * 15,
+])
+def test_malformed_job_ids_never_become_paths(tmp_path, job_id):
+    with pytest.raises(UnknownJob):
+        JobStore(tmp_path).job_dir(job_id)
+
+
+def test_generated_ids_stay_inside_the_jobs_folder(tmp_path):
+    store = JobStore(tmp_path)
+    for _ in range(20):
+        folder = store.job_dir(new_job_id())
+        assert folder.parent == tmp_path / "jobs"
+
+
+def test_interrupted_jobs_become_failed_and_finished_ones_stay(tmp_path):
+    store = JobStore(tmp_path)
+    states = {}
+    for created, state in enumerate(("queued", "running", "succeeded", "cancelled")):
+        status = JobStatus(job_id=new_job_id(), state=state, created_at=float(created))
+        store.create(status, {"image.png": b"x"})
+        states[status.job_id] = state
+    failed = store.fail_interrupted()
+    assert sorted(failed) == sorted(j for j, s in states.items() if s in ("queued", "running"))
+    for job_id, state in states.items():
+        status = store.read_status(job_id)
+        if state in ("queued", "running"):
+            assert status.state == "failed" and status.message == INTERRUPTED_MESSAGE and status.finished_at
+        else:
+            assert status.state == state
+    assert [s.created_at for s in store.list_statuses()] == [3.0, 2.0, 1.0, 0.0]  # newest first
+
+
+def test_a_damaged_status_file_does_not_hide_the_other_jobs(tmp_path):
+    store = JobStore(tmp_path)
+    good = JobStatus(job_id=new_job_id(), state="succeeded")
+    store.create(good, {})
+    bad = JobStatus(job_id=new_job_id(), state="queued")
+    store.create(bad, {})
+    (tmp_path / "jobs" / bad.job_id / "status.json").write_text("{ truncated")
+    assert [s.job_id for s in store.list_statuses()] == [good.job_id]
+    assert json.loads((tmp_path / "jobs" / good.job_id / "status.json").read_text())["state"] == "succeeded"
+
+
+def test_out_of_memory_is_recognised_with_an_actionable_message():
+    try:
+        torch.empty(1 << 60, dtype=torch.uint8)  # the CPU allocator refuses: a real out-of-memory error
+    except RuntimeError as exc:
+        cpu_error = exc
+    cuda_error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    for exc in (cpu_error, cuda_error):
+        assert is_out_of_memory(exc)
+        message = out_of_memory_message(exc)
+        assert "fewer instances" in message and "mesh_resolution" in message and "/v1/models/unload" in message
+    assert not is_out_of_memory(ValueError("mi_blocks [99] do not exist"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
