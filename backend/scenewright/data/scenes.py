@@ -126,11 +126,11 @@ class _Layout:
 
     def _color(self) -> tuple[float, float, float]:
         rng = self.rng
-        if rng.random() < 0.12:  # greys, from near-black to off-white
+        if rng.random() < 0.08:  # greys, from near-black to off-white
             v = rng.uniform(0.15, 0.9)
             srgb = (v, v, v)
         else:
-            srgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 0.9), rng.uniform(0.4, 0.92))
+            srgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 0.95), rng.uniform(0.5, 0.95))
         return tuple(float(c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4) for c in srgb)
 
     def free_on_ground(self, shape: Shape, matrix: np.ndarray) -> bool:
@@ -368,10 +368,10 @@ def _fit_camera(points: np.ndarray, rng: np.random.Generator, resolution: int) -
 def _lighting(rng: np.random.Generator) -> Lighting:
     el = np.radians(rng.uniform(35.0, 70.0))
     az = rng.uniform(-np.pi, np.pi)
-    sky_v = rng.uniform(0.45, 0.7)
+    sky_v = rng.uniform(0.5, 0.75)
     tint = rng.uniform(0.0, 0.06)
     sky = tuple(float(c) for c in (sky_v - tint, sky_v - tint / 2, sky_v))
-    g = float(rng.uniform(0.4, 0.55))
+    g = float(rng.uniform(0.45, 0.6))
     return Lighting(
         sun_direction=(float(np.cos(el) * np.cos(az)), float(np.cos(el) * np.sin(az)), float(np.sin(el))),
         sun_strength=float(rng.uniform(1.3, 2.5)),
