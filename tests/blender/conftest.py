@@ -175,6 +175,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, addon):
 
 
 @pytest.fixture(scope="session")
-def example_cases(shared_dir: Path) -> list[Path]:
-    """Some of the project's example cases (image.png + seg.png), small ones first to keep CPU time down."""
-    return [shared_dir / "benchmark" / "dev" / name for name in ("case_003", "case_004", "case_005")]
+def example_cases() -> list[Path]:
+    """The project's shipped example cases (image.png + seg.png + scene.json), 3 or 4 objects each."""
+    folder = REPO_ROOT / "backend" / "scenewright" / "assets" / "examples"
+    return [folder / name for name in ("desk", "sofa-and-lamps", "front-behind")]
