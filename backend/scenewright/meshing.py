@@ -18,7 +18,6 @@ has resolution + 1 samples per axis (the reference's octree depth 8 is 256).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
