@@ -43,4 +43,5 @@ def service(make_service) -> ServiceProcess:
 @pytest.fixture(scope="session")
 def scene() -> dict[str, bytes]:
     rgb, seg = scene_arrays(3)
-    return {"image": png_bytes(rgb), "seg": png_bytes(seg), "masks": [png_bytes(((seg == k + 1) * 255).astype(np.uint8)) for k in range(3)]}
+    masks = [png_bytes(((seg == k + 1) * 255).astype(np.uint8)) for k in range(3)]
+    return {"image": png_bytes(rgb), "seg": png_bytes(seg), "masks": masks}

@@ -87,7 +87,8 @@ class ServiceProcess:
     def post(self, path: str, **kwargs) -> httpx.Response:
         return self.request("POST", path, **kwargs)
 
-    def submit(self, image: bytes, seg: bytes | None = None, masks: list[bytes] | None = None, settings: dict | None = None) -> httpx.Response:
+    def submit(self, image: bytes, seg: bytes | None = None, masks: list[bytes] | None = None,
+               settings: dict | None = None) -> httpx.Response:
         files = [("image", ("image.png", image, "image/png"))]
         if seg is not None:
             files.append(("seg", ("seg.png", seg, "image/png")))

@@ -71,7 +71,8 @@ def test_seg_job_round_trip(service, scene):
     listed = service.get("/v1/jobs").json()["jobs"]
     assert status["job_id"] in [job["job_id"] for job in listed]
     folder = service.data_dir / "jobs" / status["job_id"]
-    assert {"image.png", "seg.png", "settings.json", "status.json", "result.glb", "result.json"} <= {p.name for p in folder.iterdir()}
+    expected = {"image.png", "seg.png", "settings.json", "status.json", "result.glb", "result.json"}
+    assert expected <= {p.name for p in folder.iterdir()}
 
 
 def test_masks_job_round_trip(service, scene):
@@ -146,7 +147,8 @@ def test_models_list_unload_load(service, scene, tiny_model):
 
     # a job after an unload loads the model again by itself
     service.post("/v1/models/unload")
-    job = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32, "model": str(tiny_model)}).json()
+    settings = {"steps": 1, "mesh_resolution": 32, "model": str(tiny_model)}
+    job = service.submit(scene["image"], seg=scene["seg"], settings=settings).json()
     assert service.wait(job["job_id"])["state"] == "succeeded"
 
 

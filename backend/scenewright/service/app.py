@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +29,8 @@ from .storage import RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
 
 
 class LoadModelRequest(BaseModel):
-    model: str = Field(min_length=1, max_length=512, description="'default', a model folder on the service's machine, or a hub repo id")
+    model: str = Field(min_length=1, max_length=512,
+                       description="'default', a model folder on the service's machine, or a hub repo id")
 
 
 class BodyLimitMiddleware:
@@ -113,20 +114,19 @@ def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy) -> Fa
 
     @router.post("/jobs", status_code=202, response_model=JobStatus)
     async def submit_job(
-        image: UploadFile = File(description="the reference image (PNG or any common format)"),
-        seg: UploadFile | None = File(None, description="seg map, MIDI convention: each non-black gray value is one instance"),
-        masks: list[UploadFile] | None = File(None, description="one mask per instance (white = the object); instead of seg"),
-        settings: str = Form("", description="GenerationSettings as JSON text, e.g. {\"steps\": 30, \"seed\": 1}"),
+        image: Annotated[UploadFile, File(description="the reference image (PNG or any common format)")],
+        seg: Annotated[UploadFile | None, File(description="seg map (MIDI): each non-black gray is one instance")] = None,
+        masks: Annotated[list[UploadFile] | None, File(description="one mask per instance (white = the object), or seg")] = None,
+        settings: Annotated[str, Form(description="GenerationSettings as JSON text, e.g. {\"steps\": 30, \"seed\": 1}")] = "",
     ) -> JobStatus:
         image_bytes = await image.read()
         seg_bytes = None if seg is None else await seg.read()
         mask_bytes = [await m.read() for m in masks or []]
         submission = await run_in_threadpool(parse_submission, image_bytes, seg_bytes, mask_bytes, settings)
         if submission.settings.model is not None and not models.is_known(submission.settings.model):
-            raise InputError(
-                f"unknown model {submission.settings.model!r}; known models: {sorted(m['id'] for m in models.listing()['models'])}. "
-                "Load another one first with POST /v1/models/load"
-            )
+            known = sorted(m["id"] for m in models.listing()["models"])
+            raise InputError(f"unknown model {submission.settings.model!r}; known models: {known}. "
+                             "Load another one first with POST /v1/models/load")
         return await run_in_threadpool(jobs.submit, submission)
 
     @router.get("/jobs")

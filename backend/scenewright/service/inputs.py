@@ -46,7 +46,8 @@ def decode_image(data: bytes, what: str) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if max(width, height) > MAX_IMAGE_SIDE:
-                raise InputError(f"{what} is {width}x{height} pixels; the longer side may be at most {MAX_IMAGE_SIDE}: downscale it")
+                raise InputError(f"{what} is {width}x{height} pixels; the longer side may be at most {MAX_IMAGE_SIDE}: "
+                                 "downscale it")
             if min(width, height) < MIN_IMAGE_SIDE:
                 raise InputError(f"{what} is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}")
             image.load()
@@ -63,7 +64,8 @@ def parse_settings(text: str | None) -> GenerationSettings:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"settings is not valid JSON ({exc}); send a JSON object such as {{\"steps\": 30, \"seed\": 0}}") from exc
+        raise InputError(f"settings is not valid JSON ({exc}); send a JSON object such as "
+                         '{"steps": 30, "seed": 0}') from exc
     if not isinstance(data, dict):
         raise InputError("settings must be a JSON object such as {\"steps\": 30, \"seed\": 0}")
     try:
@@ -74,7 +76,8 @@ def parse_settings(text: str | None) -> GenerationSettings:
 
 def _check_count(count: int, source: str) -> None:
     if count == 0:
-        raise InputError(f"{source} holds no instances; mark at least one object (non-black pixels in the seg map, white pixels in a mask)")
+        raise InputError(f"{source} holds no instances; mark at least one object "
+                         "(non-black pixels in the seg map, white pixels in a mask)")
     if count > MAX_INSTANCES:
         raise InputError(f"{source} holds {count} instances; at most {MAX_INSTANCES} are supported: merge or drop some")
 

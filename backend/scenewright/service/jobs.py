@@ -29,6 +29,7 @@ from .storage import INTERRUPTED_MESSAGE, JobStore, new_job_id
 
 log = logging.getLogger("scenewright.service")
 
+
 class JobConflict(RuntimeError):
     """The request does not fit the job's state (e.g. the result of a job that has not succeeded)."""
 

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scenewright serve", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (see service.json)")
-    parser.add_argument("--model", default="default", help="'default' (shipped), a model folder, or a hub repo id such as VAST-AI/MIDI-3D")
+    parser.add_argument("--model", default="default",
+                        help="'default' (shipped), a model folder, or a hub repo id such as VAST-AI/MIDI-3D")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     parser.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: bf16 on CUDA, else fp32")
     parser.add_argument("--data-dir", type=Path, default=None, help=f"jobs and {STATE_FILE_NAME} (default: {default_data_dir()})")
