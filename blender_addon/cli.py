@@ -29,9 +29,8 @@ from .preferences import get_preferences
 from .properties import parse_blocks
 
 BATCH_SUMMARY = "summary.json"
-# settings name -> scene property (protocol.GenerationSettings <-> SCENEWRIGHT_PG_scene)
-_SETTING_PROPS = {"steps": "steps", "seed": "seed", "mesh_resolution": "mesh_resolution", "scene_size_m": "scene_size_m",
-                  "model": "model"}
+# protocol.GenerationSettings fields that are SCENEWRIGHT_PG_scene properties of the same name
+_SETTING_PROPS = ("steps", "seed", "mesh_resolution", "scene_size_m", "model")
 
 
 class GenerationError(RuntimeError):
@@ -69,13 +68,16 @@ def generate(image: str, seg: str, out: str | None = None, *, render: str | None
         "camera": scene.camera.name if scene.camera is not None else None,
         "blend": None,
     }
-    if render:
-        _render(scene, render, render_samples)
-    if out:
-        out_path = os.path.abspath(out)
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        bpy.ops.wm.save_as_mainfile(filepath=out_path, check_existing=False)
-        summary["blend"] = out_path
+    try:
+        if render:
+            _render(scene, render, render_samples)
+        if out:
+            out_path = os.path.abspath(out)
+            os.makedirs(os.path.dirname(out_path), exist_ok=True)
+            bpy.ops.wm.save_as_mainfile(filepath=out_path, check_existing=False)
+            summary["blend"] = out_path
+    except (RuntimeError, OSError) as exc:  # Blender reports failed operators as RuntimeError
+        raise GenerationError(f"the scene was generated but could not be written: {exc}") from None
     return summary
 
 
@@ -119,10 +121,10 @@ def _apply_settings(props, settings: dict[str, Any]) -> None:
         checked = protocol.GenerationSettings.from_dict(settings)
     except protocol.SettingsError as exc:
         raise InputError(str(exc)) from None
-    for name, prop in _SETTING_PROPS.items():
+    for name in _SETTING_PROPS:
         value = getattr(checked, name)
         if value is not None:
-            setattr(props, prop, value)
+            setattr(props, name, value)
     if checked.guidance_scale is not None:
         props.custom_guidance, props.guidance_scale = True, checked.guidance_scale
     if checked.mi_blocks is not None:
