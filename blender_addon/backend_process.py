@@ -134,6 +134,8 @@ def ensure_local_backend(environment: str, data_dir: str, model: str, device: st
     with _lock:
         wanted = (environment, str(Path(os.path.expanduser(data_dir))), model, device)
         if _backend is None or (_backend.environment, str(_backend.data_dir), _backend.model, _backend.device) != wanted:
+            if _backend is not None and _backend.process is not None:
+                _backend.stop()  # the preferences changed: replace the backend this session started
             _backend = LocalBackend(environment, data_dir, model, device)
         if _backend.connection is not None:
             try:
