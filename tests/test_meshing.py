@@ -51,6 +51,22 @@ def test_coarse_to_fine_equals_dense_256_with_8x_fewer_queries():
     _compare_with_dense(256, min_ratio=8.0)
 
 
+def test_256_uses_8x_fewer_queries_than_dense_and_closes_every_surface():
+    """Every run checks the 256^3 query budget against the dense count; equality with dense is the slow test."""
+    import trimesh
+
+    result = extract_meshes(analytic_scene_field, 3, 256)
+    dense_queries = 3 * 257**3
+    print(f"\n256^3: dense {dense_queries:,} queries, coarse-to-fine {result.num_queries:,} "
+          f"({dense_queries / result.num_queries:.1f}x fewer)")
+    assert dense_queries >= 8 * result.num_queries
+    meshes = [trimesh.Trimesh(m.vertices, m.faces) for m in result.meshes]
+    assert all(mesh.is_watertight for mesh in meshes)  # a skipped patch of surface would leave a hole
+    box, torus = meshes[1].volume, meshes[2].volume
+    assert abs(box - 1.4 * 0.7 * 1.0) < 0.01 * box
+    assert abs(torus - 2 * np.pi**2 * 0.6 * 0.12**2) < 0.01 * torus
+
+
 def test_vertices_lie_on_the_analytic_surface():
     resolution = 64
     result = extract_meshes(analytic_scene_field, 3, resolution)
