@@ -130,7 +130,9 @@ def main(argv: list[str]) -> int:
     write_state(state_path, state)
     print(f"scenewright service on {state['url']} (model {models.default_id}, device {models.device}); "
           f"state file {state_path}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=30))
+    # No access log: clients poll job status twice a second. No proxy headers: nothing sits in front of us.
+    config = uvicorn.Config(app, log_level="info", access_log=False, proxy_headers=False, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; make both end here.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
