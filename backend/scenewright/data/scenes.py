@@ -330,12 +330,14 @@ def _core_or_full(rng: np.random.Generator, core: tuple[float, float], full: tup
     return float(rng.uniform(*(core if rng.random() < 0.8 else full)))
 
 
-def _fit_camera(points: np.ndarray, rng: np.random.Generator, resolution: int) -> tuple[Camera, float, float]:
-    """Camera with random fov/elevation/azimuth, pulled back until the scene fills the sampled share of the frame."""
+def _fit_camera(
+    points: np.ndarray, azim: float, rng: np.random.Generator, resolution: int
+) -> tuple[Camera, float, float]:
+    """Camera at azimuth `azim` (radians, from the scene towards the camera) with random fov and elevation,
+    pulled back until the scene fills the sampled share of the frame."""
     fov = _core_or_full(rng, FOV_CORE, FOV_DEG)
     elev = _core_or_full(rng, ELEVATION_CORE, ELEVATION_DEG)
     fill = _core_or_full(rng, FILL_CORE, FILL)
-    azim = float(rng.uniform(-np.pi, np.pi))
     jitter = rng.uniform(-1.0, 1.0, size=2) * (1.0 - fill) * resolution * 0.25  # scene not always dead centre
     lo, hi = points.min(axis=0), points.max(axis=0)
     target = (lo + hi) / 2
@@ -418,9 +420,15 @@ def sample_scene(seed: int, resolution: int = 512) -> SceneDescription:
         tags.add("stacked")
 
     # layout frame -> world: random yaw and offset
-    world = _pose(rng.normal(0, 0.5), rng.normal(0, 0.5), 0.0, rng.uniform(-np.pi, np.pi))
+    yaw = float(rng.uniform(-np.pi, np.pi))
+    world = _pose(rng.normal(0, 0.5), rng.normal(0, 0.5), 0.0, yaw)
     for o in lay.objects:
         o.matrix_world = world @ o.matrix_world
     points = np.concatenate([o.world_mesh().vertices for o in lay.objects])
-    camera, elev, fill = _fit_camera(points, rng, resolution)
+    # the viewer stands on the layout's -Y side (rows recede, fronts face it), except for scatters and a few others
+    if style == "scatter" or rng.random() < 0.15:
+        azim = float(rng.uniform(-np.pi, np.pi))
+    else:
+        azim = yaw - np.pi / 2 + float(rng.uniform(-1.0, 1.0)) * np.radians(50.0)
+    camera, elev, fill = _fit_camera(points, azim, rng, resolution)
     return SceneDescription(seed, lay.objects, camera, _lighting(rng), style, sorted(tags), 0.0, elev, fill)
