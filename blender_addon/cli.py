@@ -40,7 +40,10 @@ class GenerationError(RuntimeError):
 def generate(image: str, seg: str, out: str | None = None, *, render: str | None = None,
              backend: BackendSettings | None = None, settings: dict[str, Any] | None = None,
              render_samples: int = 16) -> dict[str, Any]:
-    """Generate a scene from an image + seg map into a fresh scene; save it to `out` (.blend) and render it if asked.
+    """Generate a scene from an image + seg map into a fresh file; save it to `out` (.blend) and render it if asked.
+
+    The current file is replaced by an empty one first (unsaved changes are lost): this is for batch work;
+    interactively, use the panel's Generate.
 
     Returns {"job_id", "collection", "objects", "camera", "blend"}; raises GenerationError with a clear message.
     """

@@ -29,6 +29,7 @@ from .preferences import get_preferences
 Emit = Callable[[Any], None]
 TICK_S = 0.1
 TICK_BUDGET_S = 0.05
+MAX_JOBS = 20  # entries kept in the panel's job list
 
 
 class JobFailed(BackendError):
@@ -217,6 +218,9 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
     item.key, item.state, item.stage = key, "submitting", "queued"
     props.jobs.move(len(props.jobs) - 1, 0)  # newest first; `item` is stale after the move, use `key`
     props.jobs_index = 0
+    for index in range(len(props.jobs) - 1, MAX_JOBS - 1, -1):  # keep the list to the recent ones
+        if not is_watched(props.jobs[index].key):
+            props.jobs.remove(index)
 
     def work(emit: Emit, cancelled: Callable[[], bool]) -> tuple[str, Path]:
         client = BackendClient(backend.connect())

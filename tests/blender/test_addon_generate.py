@@ -174,7 +174,14 @@ try:
     props.generation_settings()
 except images.InputError as exc:
     bad_blocks = str(exc)
-done({"parsed_blocks": parsed_blocks, "bad_blocks": bad_blocks,
+props = configure(backend_mode="REMOTE", url=PARAMS["closed_url"], token="x", data_dir=data)
+props.reference_image, props.seg_image = images.load_image(image), images.load_image(seg)
+for _ in range(23):
+    try:
+        bpy.ops.scenewright.generate()
+    except RuntimeError:
+        pass
+done({"jobs_kept": len(props.jobs), "parsed_blocks": parsed_blocks, "bad_blocks": bad_blocks,
     "wrong_url": attempt(image, seg, backend_mode="REMOTE", url=PARAMS["closed_url"], token="x", data_dir=data),
     "wrong_token": attempt(image, seg, backend_mode="REMOTE", url=PARAMS["url"], token="not-the-token", data_dir=data),
     "stopped_backend": attempt(image, seg, backend_mode="LOCAL", auto_start=False, data_dir=PARAMS["stale_dir"]),
@@ -215,6 +222,7 @@ def test_wrong_url_wrong_token_stopped_backend_and_non_image_give_clear_messages
     assert "is not an image Blender can read" in out["not_an_image"]["raised"]
     assert out["cli_not_an_image"] == 1
     assert "scenewright: error:" in run.stderr and "is not an image Blender can read" in run.stderr
+    assert out["jobs_kept"] == 20  # the job list keeps the recent ones
     assert out["parsed_blocks"] == [8, 9, 10, 11, 12, 15]
     assert "cannot read '8-x'" in out["bad_blocks"]
     assert "Traceback" not in run.stderr and "Traceback" not in run.stdout
