@@ -31,7 +31,8 @@ Mesh = tuple[np.ndarray, np.ndarray]
 DEFAULT_SCENE_SIZE_M = 4.0
 # An instance whose bottom is within this fraction of the scene size of the lowest bottom stands on the floor.
 FLOOR_FRACTION = 0.04
-# An instance that would drop (or rise) by at most this fraction of the scene size onto a surface rests on it.
+# Within this fraction of the scene size of the ground an instance stands on it; an instance sunk this far
+# into a support is lifted onto it (farther, it is taken to stand below that surface).
 SNAP_FRACTION = 0.05
 # The floor plane fit corrects tilts between these angles. Below, a tilt is as likely one instance floating a
 # little (snapping handles both); above, the input frame is trusted over the fit.
@@ -79,7 +80,7 @@ class PlacedInstance:
     vertices: np.ndarray  # (V, 3) float32, metres, local frame
     faces: np.ndarray  # (F, 3) int32
     transform: np.ndarray  # (4, 4) local -> scene, Blender matrix_world
-    support: int | None  # id of the instance it rests on; None: the ground (or floating, see diagnostics)
+    support: int | None  # id of the instance it rests on; None: the ground
     snap_m: float = 0.0  # vertical correction applied to make contact, metres
 
 
@@ -425,10 +426,11 @@ def place_scene(
     about +Z to face it. Ground: the horizontal plane at the median bottom
     height of the instances within FLOOR_FRACTION of the lowest one; it ends
     at z = 0.
-    Supports: from the lowest instance upwards, each instance is dropped (or
-    lifted) onto the first surface below its bottom points, the ground or an
-    already placed instance, when that takes at most SNAP_FRACTION of the
-    scene size; farther ones stay where they are and are listed as floating.
+    Supports: from the lowest instance upwards, each instance not within
+    SNAP_FRACTION of the ground drops onto the first surface below its bottom
+    points (an already placed instance, else the ground) like under gravity:
+    blockout scenes have nothing hanging. A surface up to SNAP_FRACTION above
+    its bottom counts too, so an instance sunk into its support is lifted.
     Scale: the larger horizontal side of the scene box becomes scene_size_m
     (DEFAULT_SCENE_SIZE_M when None).
     """
@@ -459,21 +461,16 @@ def place_scene(
     tolerance = SNAP_FRACTION * size
     shift = {i: 0.0 for i in usable}  # vertical correction per instance, input units
     support: dict[int, int | None] = {}
-    floating = []
     placed: list[int] = []
     for i in sorted(usable, key=lambda k: bottoms[k]):
-        points = _bottom_points(vertices[i], 0.01 * size)
         best_drop, best_support = bottoms[i] - ground, None
-        if abs(best_drop) > tolerance:  # not on the floor: look for the first surface below
+        if abs(best_drop) > tolerance:  # not on the floor: the first surface below it, else the floor
+            points = _bottom_points(vertices[i], 0.01 * size)
             for j in placed:
                 drop = _drop_distance(points, vertices[j] + [0.0, 0.0, shift[j]], faces[j], tolerance)
                 if drop is not None and drop < best_drop:
                     best_drop, best_support = drop, j
-        if abs(best_drop) <= tolerance:
-            shift[i] = -best_drop
-        else:
-            floating.append(ids[i])
-            best_support = None
+        shift[i] = -best_drop
         support[i] = best_support
         placed.append(i)
 
@@ -508,7 +505,7 @@ def place_scene(
         "ground_height_levelled": ground,  # in input units, after the levelling rotation
         "ground_tilt_deg": tilt_deg,
         "floor_ids": [ids[i] for i in floor],
-        "floating_ids": floating,
+        "dropped_ids": [ids[i] for i in usable if shift[i] < -tolerance],  # fell farther than SNAP_FRACTION
         "empty_ids": [ids[i] for i in range(len(meshes)) if i not in vertices],
     }
     return Placement(

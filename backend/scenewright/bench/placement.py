@@ -58,6 +58,18 @@ def _subdivided(mesh: tuple[np.ndarray, np.ndarray], min_faces: int) -> tuple[np
     return np.asarray(tri.vertices), np.asarray(tri.faces)
 
 
+def _perturbed(
+    mesh: tuple[np.ndarray, np.ndarray], amount: float, scene_size: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh scaled per axis about its box centre by up to 3 x `amount`, shifted by up to `amount` x scene size."""
+    if amount <= 0.0:
+        return mesh
+    vertices = mesh[0]
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+    stretch = rng.uniform(1.0 - 3.0 * amount, 1.0 + 3.0 * amount, 3)
+    return (vertices - centre) * stretch + centre + rng.uniform(-amount, amount, 3) * scene_size, mesh[1]
+
+
 def _support_distance(placement, index: dict[int, int], inst_id: int, support: int | None) -> float:
     """Distance in metres between an instance and its GT support (the ground z = 0 or the other mesh's surface)."""
     inst = placement.instances[index[inst_id]]
@@ -78,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.01, help="vertical perturbation before place_scene, fraction of scene size")
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
     parser.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
+    parser.add_argument("--perturb", type=float, default=0.0,
+                        help="imitate prediction errors: per-instance scale noise up to 3x this, shift up to this x scene size")
     parser.add_argument("--min-faces", type=int, default=0, help="subdivide GT meshes to at least this many faces (prediction-sized meshes)")
     args = parser.parse_args(argv)
 
@@ -88,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         case = load_case(path)
         ids = [inst.id for inst in case.instances]
         scale, offset = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0)))), rng.uniform(-5.0, 5.0, 3)
-        meshes = [(v * scale + offset, f) for v, f in (_subdivided(inst.mesh, args.min_faces) for inst in case.instances)]
+        scene_size = float(np.ptp(np.concatenate([inst.mesh[0] for inst in case.instances]), axis=0).max())
+        meshes = [_subdivided(inst.mesh, args.min_faces) for inst in case.instances]
+        meshes = [_perturbed(m, args.perturb, scene_size, rng) for m in meshes]
+        meshes = [(v * scale + offset, f) for v, f in meshes]
         masks = [case.seg == i for i in ids]
         size = (case.seg.shape[1], case.seg.shape[0])
 
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "reproj_iou_mean": float(np.mean(ious)),
         "reproj_iou_true_camera_mean": float(np.mean(bound_ious)),
         "min_faces": args.min_faces,
+        "perturb": args.perturb,
         "solve_s_median": float(np.median([t[0] for t in times])),
         "solve_s_max": float(np.max([t[0] for t in times])),
         "solve_cpu_s_median": float(np.median([t[1] for t in times])),
