@@ -52,3 +52,17 @@ def test_make_data_is_resumable_and_deterministic(tmp_path: Path) -> None:
     assert (cases[2] / "scene.json").is_file() and (cases[2] / "seg.png").is_file()
     assert not list(out.glob(".tmp_*"))
     assert json.loads((out / "INDEX.json").read_text())["n_cases"] == 3
+
+
+def test_a_failing_case_is_reported_and_the_others_finish(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / case_name(1)).write_text("a file where the case folder must go")  # case 1 cannot be put in place
+    args = ["--out", str(out), "--count", "2", "--workers", "2", "--resolution", "32", "--samples", "1"]
+    assert main(args) == 1
+    assert "case_000001 failed" in capsys.readouterr().err
+    assert (out / case_name(0) / "scene.json").is_file()
+    assert json.loads((out / "INDEX.json").read_text())["n_cases"] == 1
+    (out / case_name(1)).unlink()
+    assert main(args) == 0  # the next run retries it
+    assert json.loads((out / "INDEX.json").read_text())["n_cases"] == 2

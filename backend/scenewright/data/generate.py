@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,13 @@ def _quiet_worker() -> None:
     os.close(devnull)
 
 
-def _run_one(job: tuple) -> dict:
-    return make_case(*job)
+def _run_one(job: tuple) -> tuple[int, str | None]:
+    """One case in a worker; a failure is reported, not raised, so one bad case cannot stop a long run."""
+    try:
+        make_case(*job)
+        return job[2], None
+    except Exception as exc:  # noqa: BLE001 - reported per case, retried by the next run
+        return job[2], f"{type(exc).__name__}: {exc}"
 
 
 def pending_cases(out: Path, count: int, start: int = 0) -> list[int]:
@@ -132,13 +138,18 @@ def main(argv: list[str]) -> int:
     print(f"make-data: {done} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
     jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split) for i in todo]
     start = time.perf_counter()
+    failed: list[tuple[int, str]] = []
     if jobs:
-        ctx = multiprocessing.get_context("spawn")
         workers = max(1, min(args.workers, len(jobs)))
-        # fresh workers now and then: a long Blender session must not accumulate memory
-        with ctx.Pool(workers, initializer=_quiet_worker, maxtasksperchild=500) as pool:
-            for _ in tqdm(pool.imap_unordered(_run_one, jobs), total=len(jobs), unit="case", file=sys.stderr):
-                pass
+        # A worker that dies (a Blender crash) breaks the executor: the run stops loudly and can be resumed.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet_worker) as pool:
+            futures = [pool.submit(_run_one, job) for job in jobs]
+            for future in tqdm(as_completed(futures), total=len(jobs), unit="case", file=sys.stderr):
+                index_, error = future.result()
+                if error is not None:
+                    failed.append((index_, error))
+                    tqdm.write(f"make-data: {case_name(index_)} failed: {error}", file=sys.stderr)
     elapsed = time.perf_counter() - start
     index = write_index(out)
     if jobs:
@@ -147,4 +158,7 @@ def main(argv: list[str]) -> int:
               f"{rate:.0f} cases/hour "
               f"with {args.workers} workers)", file=sys.stderr)
     print(f"make-data: {index['n_cases']} cases, {index['n_instances']} instances in {out}", file=sys.stderr)
+    if failed:
+        print(f"make-data: {len(failed)} cases failed (run again to retry them)", file=sys.stderr)
+        return 1
     return 0
