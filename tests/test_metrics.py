@@ -203,3 +203,11 @@ def test_sampling_is_seeded_and_area_uniform():
     assert not np.array_equal(first, sample_surface((vertices, faces), 20_480, (0, 8, 0)))
     in_small = (first[:, 0] + first[:, 1] <= 1.0 + 1e-12).mean()
     assert in_small == pytest.approx(0.1, abs=0.01)
+
+
+def test_missing_prediction_folder_scores_worst(tmp_path):
+    matrix = camera_matrix(yaw_deg=0.0)
+    write_case(tmp_path / "case", {1: box([0, 0, 0], [1, 1, 1]), 2: box([2, 0, 0], [3, 1, 1])}, matrix)
+    result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "no-such-prediction"))
+    assert (result["cd_s"], result["f_s"], result["ssr"], result["iou_b"]) == (1.0, 0.0, 0.0, 0.0)
+    assert result["lcd"] == pytest.approx(2 * math.sqrt(3)) and result["errors"]
