@@ -37,3 +37,13 @@ def test_addon_never_imports_torch_or_the_backend_and_its_client_needs_no_bpy():
         assert not imported & {"torch", "scenewright"}, path.name
         if path.name in BPY_FREE:
             assert not imported & {"bpy", "mathutils", "bpy_extras", "numpy"}, path.name
+
+
+def test_disable_and_enable_again(blender):
+    out = blender.run('''
+addon_utils.disable(EXT.__name__, default_set=True, handle_error=None)
+gone = not hasattr(bpy.types.Scene, "scenewright") and not hasattr(bpy.types, "SCENEWRIGHT_PT_main")
+again = addon_utils.enable(EXT.__name__, default_set=True, handle_error=None) is not None
+done({"gone": gone, "again": again, "props": hasattr(bpy.types.Scene, "scenewright")})
+''').result
+    assert out == {"gone": True, "again": True, "props": True}
