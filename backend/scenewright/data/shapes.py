@@ -162,6 +162,15 @@ def table(rng: np.random.Generator) -> Shape:
     h = rng.uniform(0.68, 0.78) if rng.random() < 0.7 else rng.uniform(0.38, 0.5)
     t = rng.uniform(0.03, 0.06)
     leg = rng.uniform(0.04, 0.07)
+    if rng.random() < 0.3:  # round top on a pedestal with a disc or cross foot
+        r = min(sx, 1.2) / 2
+        parts = [_cylinder(r, t, z0=h - t), _cylinder(leg * 0.8, h - t, sections=16)]
+        foot = rng.uniform(0.3, 0.45) * 2 * r
+        if rng.random() < 0.5:
+            parts.append(_cylinder(foot / 2, 0.03))
+        else:
+            parts += [_box(foot, 0.05, 0.04), _box(0.05, foot, 0.04)]
+        return Shape("table", _union(parts), SupportTop(h, r * 0.65, r * 0.65))
     inset = rng.uniform(0.0, 0.08)
     parts = [_box(sx, sy, t, z0=h - t)] + _legs(sx, sy, inset, h - t, leg, rng)
     return Shape("table", _union(parts), SupportTop(h, sx / 2 - 0.03, sy / 2 - 0.03))
@@ -176,13 +185,20 @@ def chair(rng: np.random.Generator) -> Shape:
     back_h = rng.uniform(0.35, 0.5)
     back_t = rng.uniform(0.025, 0.05)
     parts = [_box(w, d, t, z0=seat_h - t)] + _legs(w, d, 0.0, seat_h - t, leg, rng)
-    if rng.random() < 0.6:  # solid back panel
-        parts.append(_box(w, back_t, back_h, y=d / 2 - back_t / 2, z0=seat_h))
-    else:  # two posts and a top rail
+    back_y = d / 2 - back_t / 2
+    if rng.random() < 0.45:  # solid back panel
+        parts.append(_box(w, back_t, back_h, y=back_y, z0=seat_h))
+    else:  # two posts with a top rail, or with horizontal slats
         for sxn in (-1, 1):
-            parts.append(_box(leg, back_t, back_h, x=sxn * (w / 2 - leg / 2), y=d / 2 - back_t / 2, z0=seat_h))
-        rail = back_h * rng.uniform(0.25, 0.45)
-        parts.append(_box(w, back_t, rail, y=d / 2 - back_t / 2, z0=seat_h + back_h - rail))
+            parts.append(_box(leg, back_t, back_h, x=sxn * (w / 2 - leg / 2), y=back_y, z0=seat_h))
+        if rng.random() < 0.5:
+            rail = back_h * rng.uniform(0.25, 0.45)
+            parts.append(_box(w, back_t, rail, y=back_y, z0=seat_h + back_h - rail))
+        else:
+            n = int(rng.integers(2, 5))
+            slat = back_h / (2 * n)
+            for k in range(n):
+                parts.append(_box(w, back_t * 0.8, slat, y=back_y, z0=seat_h + back_h - slat - 2 * k * slat))
     return Shape("chair", _union(parts))
 
 
@@ -190,6 +206,15 @@ def stool(rng: np.random.Generator) -> Shape:
     h = rng.uniform(0.45, 0.75)
     r = rng.uniform(0.14, 0.22)
     t = rng.uniform(0.03, 0.06)
+    if rng.random() < 0.3:  # square seat, four legs joined by rungs
+        side = r * 1.8
+        leg = rng.uniform(0.025, 0.04)
+        parts = [_box(side, side, t, z0=h - t)] + _legs(side, side, 0.0, h - t, leg, rng, round_legs=False)
+        rung_z = (h - t) * rng.uniform(0.25, 0.4)
+        for sxn in (-1, 1):
+            parts.append(_box(side - leg, leg * 0.6, leg * 0.6, y=sxn * (side / 2 - leg / 2), z0=rung_z))
+            parts.append(_box(leg * 0.6, side - leg, leg * 0.6, x=sxn * (side / 2 - leg / 2), z0=rung_z + leg))
+        return Shape("stool", _union(parts), SupportTop(h, side / 2 - 0.02, side / 2 - 0.02))
     parts = [_cylinder(r, t, z0=h - t)]
     if rng.random() < 0.3:  # pedestal stool
         parts += [_cylinder(r * 0.15, h - t), _cylinder(r * 0.8, 0.03)]
@@ -211,7 +236,8 @@ def shelf(rng: np.random.Generator) -> Shape:
     t = rng.uniform(0.02, 0.04)
     n_boards = int(rng.integers(3, 6))
     parts = [_box(t, d, h, x=sx * (w / 2 - t / 2)) for sx in (-1, 1)]
-    parts.append(_box(w, t, h, y=d / 2 - t / 2))  # back panel
+    if rng.random() < 0.6:
+        parts.append(_box(w, t, h, y=d / 2 - t / 2))  # back panel
     for k in range(n_boards):
         z = k * (h - t) / (n_boards - 1)
         parts.append(_box(w, d, t, z0=z))
@@ -226,12 +252,24 @@ def cabinet(rng: np.random.Generator) -> Shape:
     parts = [_box(w, d, body_h, z0=legs)]
     if legs:
         parts += _legs(w, d, 0.03, legs + 0.01, 0.035, rng, round_legs=True)
-    n_doors = 1 if w < 0.7 else 2
-    handle_h = min(0.2, body_h * 0.3)
-    for k in range(n_doors):
-        x = 0.0 if n_doors == 1 else (k - 0.5) * 0.08
-        x += w * 0.3 if n_doors == 1 else 0.0
-        parts.append(_box(0.02, 0.03, handle_h, x=x, y=-d / 2 - 0.01, z0=legs + body_h * 0.55))
+    front = -d / 2 - 0.0075  # fronts stand 1.5 cm proud of the body, handles 2 cm more
+    cols = 1 if w < 0.7 else 2
+    cw = w / cols
+    if rng.random() < 0.4:  # drawers
+        rows = int(rng.integers(2, 5))
+        rh = body_h / rows
+        for i in range(cols):
+            for j in range(rows):
+                cx, z = -w / 2 + cw * (i + 0.5), legs + rh * j
+                parts.append(_box(cw - 0.02, 0.015, rh - 0.02, x=cx, y=front, z0=z + 0.01))
+                parts.append(_box(min(0.12, cw * 0.3), 0.02, 0.02, x=cx, y=front - 0.0175, z0=z + rh * 0.6))
+    else:  # doors with vertical handles near the middle (or the free edge of a single door)
+        handle_h = min(0.2, body_h * 0.3)
+        for i in range(cols):
+            cx = -w / 2 + cw * (i + 0.5)
+            parts.append(_box(cw - 0.02, 0.015, body_h - 0.02, x=cx, y=front, z0=legs + 0.01))
+            hx = cx + (cw / 2 - 0.06) * (1 if i == 0 else -1)
+            parts.append(_box(0.02, 0.02, handle_h, x=hx, y=front - 0.0175, z0=legs + body_h * 0.5))
     top = legs + body_h
     return Shape("cabinet", _union(parts), SupportTop(top, w / 2 - 0.03, d / 2 - 0.03))
 
@@ -272,6 +310,8 @@ def bed(rng: np.random.Generator) -> Shape:
     parts.append(_box(w, length, frame_h, z0=feet))
     parts.append(_box(w - 0.04, length - head_t - 0.04, mattress_h, y=-head_t / 2, z0=feet + frame_h))
     parts.append(_box(w, head_t, head_h, y=length / 2 - head_t / 2))
+    if rng.random() < 0.4:  # footboard
+        parts.append(_box(w, head_t, feet + frame_h + rng.uniform(0.1, 0.3), y=-length / 2 + head_t / 2))
     n_pillows = 1 if w < 1.3 else 2
     pw = (w - 0.1) / n_pillows
     for k in range(n_pillows):
@@ -290,11 +330,18 @@ def lamp(rng: np.random.Generator, height: float | None = None) -> Shape:
     base_r = shade_r * rng.uniform(0.6, 1.0)
     base_t = rng.uniform(0.02, 0.04)
     pole_r = rng.uniform(0.01, 0.02)
-    parts = [
-        _cylinder(base_r, base_t),
-        _cylinder(pole_r, h - shade_h * 0.5, z0=base_t * 0.5, sections=12),
-        _frustum(shade_r, shade_r * rng.uniform(0.55, 0.8), shade_h, z0=h - shade_h),
-    ]
+    parts = [_cylinder(base_r, base_t)]
+    if rng.random() < 0.25:  # globe lamp
+        ball = min(shade_r, shade_h)
+        parts += [
+            _cylinder(pole_r, h - ball, z0=base_t * 0.5, sections=12),
+            _at(creation.icosphere(subdivisions=2, radius=ball), z=h - ball),
+        ]
+    else:
+        parts += [
+            _cylinder(pole_r, h - shade_h * 0.5, z0=base_t * 0.5, sections=12),
+            _frustum(shade_r, shade_r * rng.uniform(0.55, 0.8), shade_h, z0=h - shade_h),
+        ]
     return Shape("lamp", _union(parts))
 
 
