@@ -260,7 +260,9 @@ def extract_meshes(
     its corners straddle the level or one lies within `band` cell diagonals of it,
     measured with the field's steepest slope across the level seen so far (a field
     with that slope cannot cross the level farther away), grown by `dilation` cells
-    so thin parts and curvature between samples are kept. Skipped samples take
+    so thin parts and curvature between samples are kept (except at the last
+    refinement, where the band and the repair pass suffice for 2-voxel cells and
+    growing would double the final level's queries). Skipped samples take
     interpolated values of their cell's sign. Before refining, straddling cells with
     interpolated corners get those corners evaluated (up to `max_repair_rounds`), so the
     surface is followed wherever it leaves the band. When every level-crossing cell is
@@ -290,7 +292,7 @@ def extract_meshes(
             slope = _surface_slope(state, level, stride * voxel)
             near = _reduce_corners(np.abs(state.values - level) < band * slope * stride * voxel_diagonal, np.logical_or)
             cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, np.logical_and))
-            if dilation:
+            if dilation and stride > 2:
                 from scipy.ndimage import binary_dilation
 
                 cells = binary_dilation(cells, np.ones((3, 3, 3), bool), iterations=dilation)
