@@ -161,10 +161,12 @@ def test_failed_generation_keeps_the_worker(service, scene):
     assert service.wait(good["job_id"])["state"] == "succeeded"
 
 
-def test_seg_in_other_encodings(service):
+def test_other_image_and_seg_encodings(service):
     rgb, seg = scene_arrays(2)
-    palette_seg = np.stack([seg * 100, seg * 50, seg * 20], axis=-1).astype(np.uint8)  # RGB map, two distinct grays
-    response = service.submit(png_bytes(rgb), seg=png_bytes(palette_seg), settings={"steps": 1, "mesh_resolution": 32})
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    rgba[:4, :, 3] = 0  # a transparent band: the pipeline puts it on white
+    colour_seg = np.stack([seg * 100, seg * 50, seg * 20], axis=-1).astype(np.uint8)  # RGB map, two distinct grays
+    response = service.submit(png_bytes(rgba), seg=png_bytes(colour_seg), settings={"steps": 1, "mesh_resolution": 32})
     assert response.status_code == 202, response.text
     assert response.json()["num_instances"] == 2
     final = service.wait(response.json()["job_id"])

@@ -1,13 +1,16 @@
-"""In-process checks of the parts that guard the disk and classify failures (fast; no service process)."""
+"""In-process checks of small service parts: job folders, mask files, out-of-memory errors (fast; no process)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scenewright.protocol import JobStatus
+from scenewright.service.inputs import mask_pixels
 from scenewright.service.model_manager import is_out_of_memory, out_of_memory_message
 from scenewright.service.storage import INTERRUPTED_MESSAGE, JobStore, UnknownJob, new_job_id
 
@@ -68,3 +71,16 @@ def test_out_of_memory_is_recognised_with_an_actionable_message():
         assert "fewer instances" in message and "mesh_resolution" in message and "/v1/models/unload" in message
     assert not is_out_of_memory(ValueError("mi_blocks [99] do not exist"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_mask_files_light_is_the_object_and_transparent_never_is():
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, as exported by many editors
+    rgba[1:4, 2:5, 3] = 255  # but opaque only on the object
+    expected = np.zeros((6, 8), bool)
+    expected[1:4, 2:5] = True
+    assert (mask_pixels(Image.fromarray(rgba, "RGBA")) == expected).all()
+    gray = (expected * 255).astype(np.uint8)
+    assert (mask_pixels(Image.fromarray(gray)) == expected).all()
+    assert (mask_pixels(Image.fromarray(gray).convert("1")) == expected).all()
+    assert (mask_pixels(Image.fromarray(np.stack([gray] * 3, -1))) == expected).all()

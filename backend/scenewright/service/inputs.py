@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,21 +40,27 @@ def decode_image(data: bytes, what: str) -> Image.Image:
     if not data:
         raise InputError(f"{what} is empty: upload a PNG (or any common image format)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if max(width, height) > MAX_IMAGE_SIDE:
-                raise InputError(f"{what} is {width}x{height} pixels; the longer side may be at most {MAX_IMAGE_SIDE}: "
-                                 "downscale it")
-            if min(width, height) < MIN_IMAGE_SIDE:
-                raise InputError(f"{what} is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}")
-            image.load()
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if max(width, height) > MAX_IMAGE_SIDE:
+            raise InputError(f"{what} is {width}x{height} pixels; the longer side may be at most {MAX_IMAGE_SIDE}: "
+                             "downscale it")
+        if min(width, height) < MIN_IMAGE_SIDE:
+            raise InputError(f"{what} is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}")
+        image.load()
     except InputError:
         raise
     except Exception as exc:  # PIL raises many exception types for non-images and corrupt files
         raise InputError(f"{what} is not a readable image ({type(exc).__name__}: {exc}); upload a valid PNG") from exc
     return image
+
+
+def mask_pixels(image: Image.Image) -> np.ndarray:
+    """A mask file -> (H, W) bool: light pixels are the object; transparent pixels never are."""
+    mask = np.asarray(image.convert("L")) > 127
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        mask &= np.asarray(image.convert("RGBA").getchannel("A")) > 127
+    return mask
 
 
 def parse_settings(text: str | None) -> GenerationSettings:
@@ -115,9 +120,10 @@ def parse_submission(image: bytes, seg: bytes | None, masks: list[bytes], settin
         for k, data in enumerate(masks):
             mask_image = decode_image(data, f"mask {k}")
             _check_size(scene, mask_image, f"mask {k}")
-            mask = np.asarray(mask_image.convert("L")) > 127
+            mask = mask_pixels(mask_image)
             if not mask.any():
                 raise InputError(f"mask {k} is empty (no white pixels); every mask must mark its object in white")
             instances.append(InstanceMask(id=k + 1, mask=mask))
             files[f"mask_{k:02d}.png"] = data
-    return Submission(image=scene.convert("RGB"), masks=instances, settings=parsed_settings, files=files)
+    # The image stays in its own mode: the pipeline turns it into RGB (transparent pixels become white, as MIDI expects).
+    return Submission(image=scene, masks=instances, settings=parsed_settings, files=files)

@@ -96,10 +96,10 @@ class JobManager:
         return self.store.read_status(job_id)
 
     def list(self) -> list[JobStatus]:
-        with self._lock:
-            live = {job_id: JobStatus.from_dict(job.status.to_dict()) for job_id, job in self._active.items()}
-        out = [live.pop(s.job_id, s) for s in self.store.list_statuses()]
-        return sorted(out + list(live.values()), key=lambda s: s.created_at, reverse=True)
+        with self._lock:  # active jobs from memory: their status files are being rewritten
+            live = [JobStatus.from_dict(job.status.to_dict()) for job in self._active.values()]
+        stored = self.store.list_statuses(skip={s.job_id for s in live})
+        return sorted(stored + live, key=lambda s: s.created_at, reverse=True)
 
     def cancel(self, job_id: str) -> JobStatus:
         """A queued job is cancelled at once; a running one stops before its next sampler step."""

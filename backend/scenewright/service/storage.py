@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ..protocol import JobStatus
 
@@ -80,12 +80,14 @@ class JobStore:
     def result_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / name
 
-    def list_statuses(self) -> list[JobStatus]:
-        """All readable jobs, newest first."""
+    def list_statuses(self, skip: Collection[str] = ()) -> list[JobStatus]:
+        """All readable jobs but those in `skip` (the caller knows them better), newest first."""
         if not self.jobs_dir.is_dir():
             return []
         out = []
         for entry in self.jobs_dir.iterdir():
+            if entry.name in skip:
+                continue
             if JOB_ID_PATTERN.fullmatch(entry.name) and (entry / STATUS_FILE).is_file():
                 try:
                     out.append(self.read_status(entry.name))
