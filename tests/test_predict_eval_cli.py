@@ -1,4 +1,4 @@
-"""`scenewright predict` and `scenewright eval` as real subprocesses on dev benchmark cases."""
+"""`scenewright predict`, `scenewright eval` and the figure script as real subprocesses on dev benchmark cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from scenewright.evaluation.figure import BACKGROUND, PANEL
 
 SMALL_CASES = ("case_004", "case_005")  # two-instance dev cases keep the run short
 
@@ -47,6 +51,16 @@ def test_box_baseline_predict_then_eval(cases: Path, tmp_path: Path, shared_dir:
         assert set(camera) >= {"resolution", "fov_deg", "matrix_world", "sensor_fit"}
         meta = json.loads((pred / name / "meta.json").read_text())
         assert meta["time_s"] > 0 and meta["peak_mem_mb"] > 0 and meta["device"].startswith("cpu")
+
+    figure = tmp_path / "figure.png"
+    run = subprocess.run([sys.executable, "-m", "scenewright.evaluation.figure", "--cases", str(cases), "--pred", str(pred),
+                          "--out", str(figure), *[a for name in SMALL_CASES for a in ("--case", name)]],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    image = np.asarray(Image.open(figure).convert("RGB"))
+    assert image.shape == (2 * PANEL, 3 * PANEL, 3)
+    drawn = (image[:, 2 * PANEL :] != BACKGROUND).any(axis=2)  # the prediction panels
+    assert 0.01 < drawn.mean() < 0.9
 
     (cases / "case_broken").rename(tmp_path / "case_broken")  # eval scores the predicted cases only
     metrics = tmp_path / "metrics.json"

@@ -3,10 +3,10 @@
 It assumes a default camera (the centre of the benchmark's field-of-view and
 elevation ranges, yaw 0, so the world frame is the view frame) and reads each
 mask through it: the ray through the mask's lowest pixels meets the ground at
-the box's front face; the left and right edges of the mask's lowest rows at
-that depth give the width; the box is as deep as it is wide; its height makes
-the back top edge project onto the mask's top row. It reports the camera it
-assumed.
+the box's front face; the rays through the mask's leftmost and rightmost
+pixels meet that face at the box's sides; the box is as deep as it is wide;
+its height makes the back top edge project onto the mask's top row. It
+reports the camera it assumed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class BoxBaselineConfig:
     elevation_deg: float = 27.5  # centre of its 10..45 degree range
     camera_height: float = 2.0  # metres; sets only the overall scale
     depth_ratio: float = 1.0  # box depth (along +Y) / box width
-    bottom_band: float = 0.1  # share of the mask's height, from its bottom, whose columns give the width
     min_ray_drop: float = 0.02  # rays at or above the horizon are tilted down this much (far, finite boxes)
 
 
@@ -65,10 +64,9 @@ def predict_boxes(seg: np.ndarray, config: BoxBaselineConfig | None = None) -> t
         ground_dir = _rays(camera, np.array([centre_col]), np.array([bottom]))[0]
         ground_dir[2] = min(ground_dir[2], -config.min_ray_drop * np.linalg.norm(ground_dir))
         front_y = (origin + ground_dir * (-origin[2] / ground_dir[2]))[1]
-        # Left/right edges of the mask's lowest rows (higher rows widen in a pitched view), then its top row,
-        # meet vertical planes y = const.
-        low = rows >= rows.max() - config.bottom_band * (rows.max() - rows.min())
-        side_dirs = _rays(camera, np.array([cols[low].min(), cols[low].max() + 1.0]), np.array([bottom, bottom]))
+        # The mask's leftmost and rightmost pixels, then its top row, meet vertical planes y = const.
+        left, right = np.argmin(cols), np.argmax(cols)
+        side_dirs = _rays(camera, np.array([cols[left], cols[right] + 1.0]), np.array([rows[left], rows[right]]) + 0.5)
         x_left, x_right = origin[0] + side_dirs[:, 0] * (front_y - origin[1]) / side_dirs[:, 1]
         box_depth = config.depth_ratio * max(x_right - x_left, 1e-3)
         back_y = front_y + box_depth
