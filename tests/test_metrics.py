@@ -211,3 +211,14 @@ def test_missing_prediction_folder_scores_worst(tmp_path):
     result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "no-such-prediction"))
     assert (result["cd_s"], result["f_s"], result["ssr"], result["iou_b"]) == (1.0, 0.0, 0.0, 0.0)
     assert result["lcd"] == pytest.approx(2 * math.sqrt(3)) and result["errors"]
+
+
+def test_glb_and_obj_predictions_read_as_stored(tmp_path):
+    matrix = camera_matrix(yaw_deg=0.0)
+    gt = {1: box([0, 0, 0], [1, 1, 1]), 2: box([2, 0, 0], [3, 1, 2])}
+    write_case(tmp_path / "case", gt, matrix)
+    (tmp_path / "pred").mkdir()
+    gt[1].export(tmp_path / "pred" / "1.glb")
+    gt[2].export(tmp_path / "pred" / "2.obj")
+    result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "pred"))
+    assert result["n_pred"] == 2 and result["iou_b"] == pytest.approx(1.0, abs=1e-6) and result["f_s"] == 1.0
