@@ -138,23 +138,22 @@ class _FieldSampler:
         """indices: per row (K_b, 3) final-grid indices -> per row (K_b,) float32 values.
 
         Rows are padded to the longest by repeating their first sample, so that one call
-        per chunk serves all rows (the decoder attends per row, so rows cannot be merged).
+        per chunk serves all rows (the decoder attends per row, so rows cannot be merged);
+        points are built per chunk, so memory stays bounded by `chunk_size`.
         """
         longest = max(len(idx) for idx in indices)
-        if longest == 0:
-            return [np.zeros(0, np.float32) for _ in indices]
-        padded = np.zeros((len(indices), longest, 3), dtype=np.int64)
-        for row, idx in enumerate(indices):
-            padded[row, : len(idx)] = idx
-            padded[row, len(idx):] = idx[0] if len(idx) else 0
-        points = np.stack([self.axes[d][padded[..., d]] for d in range(3)], axis=-1)
-        points_t = torch.from_numpy(points)
         out = np.empty((len(indices), longest), dtype=np.float32)
         per_row = max(1, self.chunk_size // len(indices))
         for start in range(0, longest, per_row):
-            chunk = points_t[:, start : start + per_row]
-            out[:, start : start + chunk.shape[1]] = self.field_fn(chunk).float().cpu().numpy()
-            self.num_queries += chunk.shape[0] * chunk.shape[1]
+            stop = min(start + per_row, longest)
+            block = np.zeros((len(indices), stop - start, 3), dtype=np.int64)
+            for row, idx in enumerate(indices):
+                part = idx[start:stop]
+                block[row, : len(part)] = part
+                block[row, len(part):] = idx[0] if len(idx) else 0
+            points = np.stack([self.axes[d][block[..., d]] for d in range(3)], axis=-1)
+            out[:, start:stop] = self.field_fn(torch.from_numpy(points)).float().cpu().numpy()
+            self.num_queries += points.shape[0] * points.shape[1]
             self.num_calls += 1
         return [out[row, : len(idx)] for row, idx in enumerate(indices)]
 
@@ -172,7 +171,7 @@ def extract_meshes_dense(
     """Evaluate every sample of the grid, then marching cubes: the reference path, for comparison."""
     sampler = _FieldSampler(field_fn, grid_axes(bbox_min, bbox_max, resolution), chunk_size)
     n = resolution + 1
-    flat = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    flat = np.stack(np.meshgrid(*[np.arange(n, dtype=np.int32)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
     values = sampler([flat] * batch_size)
     meshes = [
         grid_to_mesh(v.reshape(n, n, n), bbox_min, bbox_max, level, reference_vertex_mapping) for v in values
