@@ -36,8 +36,8 @@ def make_service(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
 
 @pytest.fixture(scope="session")
 def service(make_service) -> ServiceProcess:
-    """One shared service for the tests that do not restart it."""
-    return make_service()
+    """One shared service for the tests that do not restart it (two extra Host names for test_allow_host)."""
+    return make_service(extra_args=("--allow-host", "tunnel.example:9999", "--allow-host", "gpubox"))
 
 
 @pytest.fixture(scope="session")
