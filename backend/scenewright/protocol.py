@@ -214,7 +214,7 @@ class ResultManifest:
 # HTTP endpoints (all under API_PREFIX; every request carries "Authorization: Bearer <token>").
 ENDPOINTS = {
     "health": "GET /v1/health",  # -> HealthInfo
-    "models": "GET /v1/models",  # -> {"models": [{"id", "source", "loaded"}], "loaded": id | None}
+    "models": "GET /v1/models",  # -> {"models": [{"id", "source", "loaded"}], "loaded": id | None, "default": id}
     "load_model": "POST /v1/models/load",  # JSON {"model": id} -> HealthInfo
     "unload_model": "POST /v1/models/unload",  # -> HealthInfo
     "submit": "POST /v1/jobs",  # multipart: image (PNG), seg (PNG) or masks (PNG, repeated), settings (JSON text) -> 202 JobStatus
