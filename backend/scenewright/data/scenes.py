@@ -31,8 +31,8 @@ FILL = (0.45, 0.88)  # longest side of the scene's image bounding box / image si
 # Where most cameras fall (the benchmark's dev cases: fov 38-54, elevation 17-38, fill 0.62-0.87).
 FOV_CORE, ELEVATION_CORE, FILL_CORE = (38.0, 55.0), (15.0, 40.0), (0.6, 0.88)
 MAX_OBJECTS = 8
-STYLES = ("front_behind", "support", "side_by_side", "scatter", "symmetric", "desk", "dining")
-_STYLE_WEIGHTS = (0.25, 0.2, 0.15, 0.15, 0.1, 0.1, 0.05)
+STYLES = ("front_behind", "support", "side_by_side", "scatter", "symmetric", "desk", "dining", "cluster")
+_STYLE_WEIGHTS = (0.23, 0.2, 0.14, 0.12, 0.08, 0.1, 0.05, 0.08)
 _GROUND_LABELS = ("table", "box", "cylinder", "cabinet", "sphere", "stool", "chair", "sofa", "cone", "capsule",
                   "wedge", "lamp", "shelf", "bed", "torus")
 _GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 5, 4, 3, 3, 2)
@@ -254,10 +254,11 @@ def _style_row(lay: _Layout, n: int, depth: bool) -> None:
             x += ext[0] + rng.uniform(0.05, 0.4)
 
 
-def _style_scatter(lay: _Layout, n: int) -> None:
+def _style_scatter(lay: _Layout, n: int, radius: float = 1.5) -> None:
+    """Random spots within `radius`; a small radius packs a cluster whose members hide each other (harder cases)."""
     rng = lay.rng
     for _ in range(n):
-        r = rng.uniform(0.0, 1.5)
+        r = rng.uniform(0.0, radius)
         a = rng.uniform(-np.pi, np.pi)
         lay.place_ground(_ground_shape(rng), r * np.cos(a), r * np.sin(a), _yaw(rng, False))
 
@@ -389,12 +390,15 @@ def sample_scene(seed: int, resolution: int = 512) -> SceneDescription:
     rng = np.random.default_rng(seed)
     style = _pick(rng, STYLES, _STYLE_WEIGHTS)
     lay = _Layout(rng)
-    n_ground = int(rng.choice((1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 6)))
+    n_ground = int(rng.choice((1, 1, 2, 2, 2, 2, 3, 3, 4, 5, 6)))
     tags = {style}
     if style in ("front_behind", "side_by_side"):
         _style_row(lay, max(n_ground, 2), depth=style == "front_behind")
     elif style == "scatter":
         _style_scatter(lay, max(n_ground, 2))
+    elif style == "cluster":
+        _style_scatter(lay, min(max(n_ground + 2, 4), 7), radius=0.5)
+        tags.add("front_behind")
     elif style == "symmetric":
         _style_symmetric(lay, max(n_ground, 3))
         tags.add("side_by_side")
