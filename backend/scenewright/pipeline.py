@@ -234,7 +234,9 @@ class ScenePipeline:
         report("place", 0, 1)
         view_meshes = [_to_view_frame(mesh, self.options.frame) for mesh in meshes]
         labels = labels or {}
-        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels)
+        # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
+        solve_yaw = self.options.frame == "midi"
+        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw)
         timings["place"] = time.perf_counter() - clock
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
                  "native": self.options.frame}
@@ -297,14 +299,16 @@ def _place(
     image_size: tuple[int, int],
     scene_size_m: float | None,
     labels: dict[int, str],
+    solve_yaw: bool,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
     """Camera solve, ground and scale; instances without a surface stay empty and unplaced."""
-    from .placement import place_scene
+    from .placement import CameraSolveConfig, place_scene
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     if all(mesh is None for mesh in meshes):
         return [GeneratedInstance(i.id, labels.get(i.id), *empty) for i in instances], None, {}
-    placement = place_scene(meshes, [i.mask for i in instances], image_size, scene_size_m, ids=[i.id for i in instances])
+    placement = place_scene(meshes, [i.mask for i in instances], image_size, scene_size_m, ids=[i.id for i in instances],
+                            config=CameraSolveConfig(solve_yaw=solve_yaw))
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)
