@@ -1,7 +1,7 @@
 """Validation of a job submission, entirely in memory, before anything touches the disk.
 
 Every problem becomes an InputError whose message says what to fix; the
-service answers it as a 4xx and writes nothing.
+service answers it with 400 and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ from ..protocol import MAX_IMAGE_SIDE, MAX_INSTANCES, MIN_IMAGE_SIDE, Generation
 
 
 class InputError(ValueError):
-    """A submission the service refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    """A submission the service refuses (answered 400); the message says what to fix."""
 
 
 @dataclass

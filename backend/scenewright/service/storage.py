@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Collection
+from typing import Collection
 
 from ..protocol import JobStatus
 
@@ -35,17 +35,13 @@ def new_job_id() -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
+    """Write via a temporary file and rename, so readers never see half a file.
+
+    No fsync: status files change on every sampler step, and a power cut may lose the last few.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=1).encode("utf-8"))
 
 
 class JobStore:
@@ -68,7 +64,7 @@ class JobStore:
         self.write_status(status)
 
     def write_status(self, status: JobStatus) -> None:
-        write_json_atomic(self.job_dir(status.job_id) / STATUS_FILE, status.to_dict())
+        write_atomic(self.job_dir(status.job_id) / STATUS_FILE, json.dumps(status.to_dict(), indent=1).encode("utf-8"))
 
     def read_status(self, job_id: str) -> JobStatus:
         path = self.job_dir(job_id) / STATUS_FILE
