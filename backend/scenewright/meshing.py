@@ -254,8 +254,8 @@ def extract_meshes(
 ) -> ExtractionResult:
     """Coarse-to-fine field sampling, then marching cubes on the final (resolution+1)^3 grid.
 
-    Per level (cell size halving from `coarse_resolution` cells per axis, default the
-    largest power-of-two fraction of `resolution` not below 32): a cell is refined when
+    Per level (cell size halving from `coarse_resolution` cells per axis; default:
+    `resolution` halved while it is even and above 32): a cell is refined when
     its corners straddle the level or one lies within `band` cell diagonals of it,
     measured with the field's steepest slope across the level seen so far (a field
     with that slope cannot cross the level farther away), grown by `dilation` cells
