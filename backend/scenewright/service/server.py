@@ -104,9 +104,9 @@ def main(argv: list[str]) -> int:
 
     import uvicorn
 
+    from ..loading import ModelLoadError
     from .app import create_app
     from .auth import AccessPolicy
-    from ..loading import ModelLoadError
     from .model_manager import ModelManager, UnknownModel
 
     try:
