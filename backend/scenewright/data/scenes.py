@@ -187,10 +187,6 @@ class _Layout:
         self.objects.append(SceneObject(shape.label, shape.mesh, matrix, support, self._color(), shape.top))
         return len(self.objects) - 1
 
-    def radius(self) -> float:
-        pts = [_footprint(o.mesh, o.matrix_world) for o in self.objects if o.support is None]
-        return float(np.abs(np.concatenate(pts)).max()) if pts else 0.0
-
 
 def _pick(rng: np.random.Generator, labels: Sequence[str], weights: Sequence[float]) -> str:
     w = np.asarray(weights, dtype=np.float64)
