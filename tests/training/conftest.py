@@ -1,0 +1,65 @@
+"""Small real inputs for the training tests: procedural scenes written as PROTOCOL.md case folders.
+
+The image is flat-shaded with the project's silhouette rasteriser instead of
+Blender (nearer objects painted last, so they occlude), which keeps these
+tests free of bpy and of ../shared while reading cases through the case format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scenewright.camera import render_silhouettes
+from scenewright.data.scenes import sample_scene
+
+CASE_SEEDS = (3, 5, 11)
+
+
+def write_case(folder: Path, seed: int, resolution: int = 128, max_objects: int = 3) -> Path:
+    """Scene `seed` (its first `max_objects` objects) -> image.png, seg.png, scene.json, instances/k.ply."""
+    scene = sample_scene(seed, resolution=resolution)
+    objects = [o for o in scene.objects if o.support is None][:max_objects]
+    meshes = [o.world_mesh() for o in objects]
+    camera = scene.camera
+    silhouettes = render_silhouettes([(np.asarray(m.vertices), np.asarray(m.faces)) for m in meshes], camera)
+    depth = [camera.project(np.asarray(m.centroid)[None])[1][0] for m in meshes]
+    image = np.full((resolution, resolution, 3), 235, dtype=np.uint8)
+    seg = np.zeros((resolution, resolution), dtype=np.uint8)
+    for index in np.argsort(depth)[::-1]:  # far to near
+        image[silhouettes[index]] = (np.asarray(objects[index].color) ** (1 / 2.2) * 255).astype(np.uint8)
+        seg[silhouettes[index]] = index + 1
+    (folder / "instances").mkdir(parents=True)
+    Image.fromarray(image).save(folder / "image.png")
+    Image.fromarray(seg).save(folder / "seg.png")
+    instances = []
+    for index, (obj, mesh) in enumerate(zip(objects, meshes)):
+        mesh.export(folder / "instances" / f"{index + 1}.ply")
+        instances.append({"id": index + 1, "label": obj.label, "mesh": f"instances/{index + 1}.ply", "support": None})
+    scene_json = {"format": "scene-case/1", "camera": camera.to_dict(), "instances": instances, "ground_z": 0.0}
+    (folder / "scene.json").write_text(json.dumps(scene_json))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of a few small case folders."""
+    root = tmp_path_factory.mktemp("cases")
+    for seed in CASE_SEEDS:
+        write_case(root / f"case_{seed:03d}", seed)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train on one thread: these tiny models gain nothing from a second one, and on a shared
+    machine a descheduled sibling thread makes every op wait (tens of times slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
