@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servicekit import ServiceProcess, png_bytes, scene_arrays
+from .servicekit import ServiceProcess, png_bytes, scene_arrays
 
 
 @pytest.fixture(scope="session")

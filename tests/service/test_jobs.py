@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import trimesh
-from servicekit import png_bytes, scene_arrays
+from .servicekit import png_bytes, scene_arrays
 
 from scenewright.protocol import ENDPOINTS, PROTOCOL_VERSION, ResultManifest
 

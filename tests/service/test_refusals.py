@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servicekit import data_dir_snapshot, png_bytes, scene_arrays
+from .servicekit import data_dir_snapshot, png_bytes, scene_arrays
 
 from scenewright.protocol import MAX_IMAGE_SIDE, MAX_INSTANCES, MAX_UPLOAD_BYTES
 
