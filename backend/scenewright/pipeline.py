@@ -85,6 +85,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so stage timings measure the stage and not the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class ScenePipeline:
     """Holds the components of one model and runs generation; see the module docstring."""
 
@@ -215,6 +221,7 @@ class ScenePipeline:
         clock = time.perf_counter()
         report("encode", 0, 1)
         emb1, emb2 = self.encode_conditions(scene, [m.mask for m in instances])
+        synchronize(self.device)
         timings["encode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -223,6 +230,7 @@ class ScenePipeline:
         steps = settings.steps or self.options.steps
         guidance = self.options.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
         latents = self.denoise(latents, emb1, emb2, steps, guidance, report, should_cancel)
+        synchronize(self.device)
         timings["denoise"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -325,17 +333,12 @@ def make_tiny_random_pipeline(folder: str | Path, seed: int = 0, inside_fraction
     so the pipeline produces (meaningless) non-empty meshes end to end.
     """
     from .loading import save_pipeline
-    from .models.presets import build_components
+    from .models.presets import build_components, give_random_field_a_surface
 
     components = build_components("tiny", seed=seed)
     vae = components["vae"]
-    with torch.no_grad():
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn((4, 64, vae.config.latent_channels), generator=generator)
-        axis = torch.linspace(-1.0, 1.0, 17)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3).expand(4, -1, -1)
-        values = vae.decode(latents, grid)
-        vae.decoder.proj_out.bias += torch.quantile(values.flatten(), inside_fraction)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    give_random_field_a_surface(vae, torch.randn((4, 64, vae.config.latent_channels), generator=generator), inside_fraction)
     options = PipelineOptions(frame="view", num_tokens=64, steps=4, guidance_scale=3.0,
                               mi_blocks=components["transformer"].default_mi_blocks(3))
     folder = Path(folder)

@@ -26,9 +26,9 @@ from ..loading import resolve_device, resolve_dtype
 from ..models.dit import TripoSGDiTConfig, TripoSGDiTModel
 from ..models.image_encoders import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 from ..models.presets import PRESETS as MODEL_PRESETS
-from ..models.presets import ModelPreset, build_components
+from ..models.presets import ModelPreset, build_components, give_random_field_a_surface
 from ..models.vae import TripoSGVAEConfig, TripoSGVAEModel
-from ..pipeline import PipelineOptions, ScenePipeline, default_dtype
+from ..pipeline import PipelineOptions, ScenePipeline, default_dtype, synchronize
 
 
 @dataclass
@@ -148,11 +148,6 @@ class _PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance_scale: float, resolution: int) -> dict[str, float]:
     """One timed generation of N instances; seconds per stage (device synchronised between stages)."""
     device = pipe.device
@@ -160,37 +155,23 @@ def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance
     times: dict[str, float] = {}
     clock = time.perf_counter()
     emb1, emb2 = pipe.encode_conditions(image, masks)
-    _sync(device)
+    synchronize(device)
     times["encode_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     pipe.transformer.set_attention_layout(pipe.transformer.default_mi_blocks())
     latents = pipe.prepare_latents(num_instances, seed=0)
     latents = pipe.denoise(latents, emb1, emb2, steps, guidance_scale)
-    _sync(device)
+    synchronize(device)
     times["denoise_s"] = time.perf_counter() - clock
 
-    _give_random_field_a_surface(pipe, latents)
+    give_random_field_a_surface(pipe.vae, latents)
     clock = time.perf_counter()
     meshes = pipe.decode(latents, resolution)
-    _sync(device)
+    synchronize(device)
     times["decode_s"] = time.perf_counter() - clock
     times["meshes"] = sum(m is not None for m in meshes)
     return times
-
-
-@torch.no_grad()
-def _give_random_field_a_surface(pipe: ScenePipeline, latents: torch.Tensor) -> None:
-    """Shift the random decoder's output so ~5% of a coarse grid is inside (as the goldens do).
-
-    A random decoder's field is often all one sign, which would make decoding look free.
-    Not timed.
-    """
-    from ..meshing import dense_grid_points
-
-    points = torch.from_numpy(dense_grid_points((-1.0,) * 3, (1.0,) * 3, 16)).to(pipe.device)
-    values = pipe.vae.decode(latents[:1], points[None]).float()
-    pipe.vae.decoder.proj_out.bias += torch.quantile(values, 0.05).to(pipe.vae.decoder.proj_out.bias.dtype)
 
 
 def run_sampler(
