@@ -80,6 +80,7 @@ def test_bad_submission_is_refused_and_nothing_written(service, name):
 @pytest.mark.parametrize("settings, words", [
     ("{not json", "settings is not valid JSON"),
     ("[1, 2]", "settings must be a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, "settings is not valid JSON"),
 ])
 def test_settings_that_are_not_a_json_object(service, settings, words):
     before = data_dir_snapshot(service.data_dir)

@@ -64,7 +64,7 @@ def parse_settings(text: str | None) -> GenerationSettings:
         return GenerationSettings()
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InputError(f"settings is not valid JSON ({exc}); send a JSON object such as "
                          '{"steps": 30, "seed": 0}') from exc
     if not isinstance(data, dict):
