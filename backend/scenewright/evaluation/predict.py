@@ -69,7 +69,8 @@ def pipeline_system(source: str, settings: GenerationSettings, device: str) -> S
         }
         return SystemOutput(meshes, result.camera)
 
-    return System(source, str(pipe.device), run, settings.to_dict())
+    # None in the settings means the model's default, recorded beside them.
+    return System(source, str(pipe.device), run, {**settings.to_dict(), "model_defaults": pipe.options.to_dict()})
 
 
 def describe_device(device: str) -> str:
