@@ -148,16 +148,17 @@ class JobManager:
             job_id = self._queue.get()
             if job_id is None or self._stopping:
                 return
-            with self._lock:
+            with self._lock:  # look up and start in one step, so a cancel sees either queued or running
                 job = self._active.get(job_id)
-            if job is None:  # cancelled while queued
-                continue
+                if job is None:  # cancelled while queued
+                    continue
+                job.status.state, job.status.stage, job.status.message = "running", "preprocess", "loading the model"
+                self.store.write_status(job.status)
             self._run(job)
 
     def _run(self, job: _Job) -> None:
         submission = job.submission
         assert submission is not None
-        self._update(job, state="running", stage="preprocess", message="loading the model", step=0, total=0)
         started = time.perf_counter()
 
         def progress(stage: str, step: int, total: int) -> None:
