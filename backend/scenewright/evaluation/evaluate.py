@@ -45,6 +45,7 @@ def format_table(report: dict[str, Any]) -> str:
     run = report.get("run", {})
     lines.append("")
     lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")
+    lines.append(f"system: {run.get('system', 'n/a')}; settings: {json.dumps(run.get('settings'), sort_keys=True)}")
     return "\n".join(lines)
 
 
