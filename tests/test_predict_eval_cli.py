@@ -64,7 +64,7 @@ def test_box_baseline_predict_then_eval(cases: Path, tmp_path: Path, shared_dir:
 
     (cases / "case_broken").rename(tmp_path / "case_broken")  # eval scores the predicted cases only
     metrics = tmp_path / "metrics.json"
-    run = scenewright("eval", "--cases", str(cases), "--pred", str(pred), "--out", str(metrics), cwd=tmp_path)
+    run = scenewright("eval", "--cases", str(cases), "--pred", str(pred), "--out", str(metrics), "--workers", "2", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     for label in ("CD-S", "F-S", "CD-O", "F-O", "IoU-B", "LCD", "SSR", "Reproj-IoU", "time"):
         assert f"| {label}" in run.stdout

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +57,25 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pred", required=True, type=Path, help="prediction folder PRED with PRED/<case>/<k>.ply")
     parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    parser.add_argument("--workers", type=int, default=1, help="cases scored in parallel processes (results do not change)")
     return parser.parse_args(argv)
+
+
+def _score(case_dir: Path, pred_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, meta.json) of one case; module-level so worker processes can run it."""
+    prediction = load_prediction(pred_dir / case_dir.name)
+    return score_case(load_case(case_dir), prediction), prediction.meta
 
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     cases = list_cases(args.cases)[: args.limit]
     start = time.perf_counter()
-    per_case, metas = [], []
-    for case_dir in tqdm(cases, desc="eval", unit="case", file=sys.stderr):
-        prediction = load_prediction(args.pred / case_dir.name)
-        metas.append(prediction.meta)
-        per_case.append(score_case(load_case(case_dir), prediction))
+    with ProcessPoolExecutor(args.workers) if args.workers > 1 else nullcontext() as pool:
+        mapper = pool.map if pool is not None else map
+        scored = mapper(_score, cases, [args.pred] * len(cases))
+        results = list(tqdm(scored, total=len(cases), desc="eval", unit="case", file=sys.stderr))
+    per_case, metas = [r[0] for r in results], [r[1] for r in results]
     report = summarise(per_case)
     report["run"] = _run_settings(metas)
     report["cases_dir"], report["pred_dir"] = str(args.cases), str(args.pred)
