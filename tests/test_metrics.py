@@ -222,3 +222,16 @@ def test_glb_and_obj_predictions_read_as_stored(tmp_path):
     gt[2].export(tmp_path / "pred" / "2.obj")
     result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "pred"))
     assert result["n_pred"] == 2 and result["iou_b"] == pytest.approx(1.0, abs=1e-6) and result["f_s"] == 1.0
+
+
+def test_unreadable_prediction_file_scores_empty_and_is_reported(tmp_path):
+    matrix = camera_matrix(yaw_deg=0.0)
+    gt = {1: box([0, 0, 0], [1, 1, 1]), 2: box([2, 0, 0], [3, 1, 1])}
+    write_case(tmp_path / "case", gt, matrix)
+    (tmp_path / "pred").mkdir()
+    write_mesh(tmp_path / "pred" / "1.ply", (np.asarray(gt[1].vertices, float), gt[1].faces))
+    header = "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+    header += "element face 1\nproperty list uchar int vertex_indices\nend_header\n"
+    (tmp_path / "pred" / "2.ply").write_text(header + "0 0 0\n1 0 0\n0 1 0\n3 0 1 9\n")  # vertex 9 does not exist
+    result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "pred"))
+    assert result["instances"][1]["empty"] and result["n_pred"] == 1 and result["errors"]

@@ -76,6 +76,8 @@ def read_mesh(path: str | Path) -> Mesh | None:
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
     if len(faces) == 0 or not np.isfinite(vertices).all():
         return None
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ValueError(f"{Path(path).name}: face indices out of range")
     return vertices, faces
 
 
