@@ -12,7 +12,6 @@ Fully opaque RGBA gives exactly the same pixels as dropping the alpha channel.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import ConfigMixin
+
 
 @dataclass
-class ImageProcessorConfig:
+class ImageProcessorConfig(ConfigMixin):
     """The preprocessor_config.json of a feature extractor (fields as transformers writes them)."""
 
     image_processor_type: str = "CLIPImageProcessor"
@@ -40,18 +41,14 @@ class ImageProcessorConfig:
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImageProcessorConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> "ImageProcessorConfig":
         """Known keys only; integer `size`/`crop_size` (older configs) become their dict forms."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if isinstance(kwargs.get("size"), int):
-            kwargs["size"] = {"shortest_edge": kwargs["size"]}
-        if isinstance(kwargs.get("crop_size"), int):
-            kwargs["crop_size"] = {"height": kwargs["crop_size"], "width": kwargs["crop_size"]}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dict(data or {})
+        if isinstance(data.get("size"), int):
+            data["size"] = {"shortest_edge": data["size"]}
+        if isinstance(data.get("crop_size"), int):
+            data["crop_size"] = {"height": data["crop_size"], "width": data["crop_size"]}
+        return super().from_dict(data)
 
 
 def to_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import ConfigMixin
 from .masks import InstanceMask, MaskError, instances_from_seg
 from .protocol import MAX_INSTANCES, GenerationSettings
 
@@ -32,7 +33,7 @@ class GenerationCancelled(Exception):
 
 
 @dataclass
-class PipelineOptions:
+class PipelineOptions(ConfigMixin):
     """Per-model sampling defaults and conventions, stored in model_index.json under OPTIONS_KEY."""
 
     frame: str = "midi"  # native output frame of the model: "view" (PROTOCOL.md section 3) or "midi"
@@ -42,13 +43,6 @@ class PipelineOptions:
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
     bbox: float = 1.005  # the decoder field is meshed in [-bbox, bbox]^3
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "PipelineOptions":
-        data = data or {}
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..config import ConfigMixin
 from .attention import Attention, FeedForward, FP32LayerNorm
 
 
 @dataclass
-class TripoSGDiTConfig:
+class TripoSGDiTConfig(ConfigMixin):
     """Fields of the hub `transformer/config.json` (defaults = the reference constructor's)."""
 
     num_attention_heads: int = 16
@@ -31,15 +31,6 @@ class TripoSGDiTConfig:
     cross_attention_dim: int = 768
     # None: the single-cross-attention TripoSG variant (no attn2_2 / norm2_2)
     cross_attention_2_dim: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TripoSGDiTConfig:
-        """Build from a config.json dict, ignoring private (`_...`) and unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and not k.startswith("_")})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def timestep_features(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -7,20 +7,14 @@ key matching; numerics follow transformers 4.49, the version the reference pins.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build a config dataclass from a config.json dict, ignoring keys it does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
+from ..config import ConfigMixin
 
 
 def _multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -50,7 +44,7 @@ class _QuickGELU(nn.Module):
 
 
 @dataclass
-class CLIPVisionConfig:
+class CLIPVisionConfig(ConfigMixin):
     """Fields of transformers' CLIPVisionConfig that change the computation (defaults: ViT-L/14)."""
 
     hidden_size: int = 1024
@@ -63,13 +57,6 @@ class CLIPVisionConfig:
     projection_dim: int = 768
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPVisionConfig":
-        return _config_from_dict(cls, d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class CLIPVisionEmbeddings(nn.Module):
@@ -176,7 +163,7 @@ class CLIPVisionModelWithProjection(nn.Module):
 
 
 @dataclass
-class Dinov2Config:
+class Dinov2Config(ConfigMixin):
     """Fields of transformers' Dinov2Config that change the computation (defaults: DINOv2-L/14, 7 channels)."""
 
     hidden_size: int = 1024
@@ -192,13 +179,6 @@ class Dinov2Config:
     qkv_bias: bool = True
     use_mask_token: bool = True
     use_swiglu_ffn: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Dinov2Config":
-        return _config_from_dict(cls, d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class Dinov2PatchEmbeddings(nn.Module):

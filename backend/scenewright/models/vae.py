@@ -8,18 +8,18 @@ are NEGATIVE inside the shape (the reference multiplies its network output by -1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigMixin
 from .attention import Attention, FeedForward, FP32LayerNorm
 
 
 @dataclass
-class TripoSGVAEConfig:
+class TripoSGVAEConfig(ConfigMixin):
     """Fields of the hub `vae/config.json` (defaults = the reference constructor's)."""
 
     in_channels: int = 3
@@ -32,15 +32,6 @@ class TripoSGVAEConfig:
     embedding_type: str = "frequency"
     embed_frequency: int = 8
     embed_include_pi: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TripoSGVAEConfig:
-        """Build from a config.json dict, ignoring private (`_...`) and unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and not k.startswith("_")})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FrequencyEmbedding(nn.Module):

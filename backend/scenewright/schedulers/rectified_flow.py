@@ -7,28 +7,20 @@ Euler steps. Timesteps handed to the model are sigma * 1000 as float32.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from ..config import ConfigMixin
+
 
 @dataclass
-class RectifiedFlowSchedulerConfig:
+class RectifiedFlowSchedulerConfig(ConfigMixin):
     """Fields of the hub `scheduler/scheduler_config.json`."""
 
     num_train_timesteps: int = 1000
     shift: float = 1.0
     use_dynamic_shifting: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RectifiedFlowSchedulerConfig:
-        """Build from a config dict, ignoring private (`_...`) and unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and not k.startswith("_")})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class RectifiedFlowScheduler:
