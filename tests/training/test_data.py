@@ -92,3 +92,18 @@ def test_dit_shard_rebuilds_the_encoder_inputs_exactly(case_dir, tmp_path) -> No
 def test_shards_are_listed_in_order_and_missing_ones_are_named(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="vae-data"):
         D.shard_paths(tmp_path, "vae")
+
+
+def test_vae_data_command_writes_resumable_shards(tmp_path) -> None:
+    from scenewright.training.train import main
+
+    assert main(["--stage", "vae-data", "--out", str(tmp_path), "--seeds", "5:7", "--shard-size", "1"]) == 0
+    paths = D.shard_paths(tmp_path, "vae")
+    assert [p.name for p in paths] == ["vae-00000.npz", "vae-00001.npz"]
+    assert D.shard_meta(paths[1])["seeds"] == [6, 7]
+    shard = D.read_shard(paths[0])
+    assert len(shard["surface"]) == len(D.scene_view_meshes(5))
+    np.testing.assert_array_equal(shard["points"], D.vae_examples(5, D.SampleConfig())["points"])  # deterministic
+    written = paths[0].stat().st_mtime_ns
+    assert main(["--stage", "vae-data", "--out", str(tmp_path), "--seeds", "5:8", "--shard-size", "1"]) == 0
+    assert paths[0].stat().st_mtime_ns == written and len(D.shard_paths(tmp_path, "vae")) == 3
