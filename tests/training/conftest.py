@@ -18,13 +18,17 @@ from PIL import Image
 from scenewright.camera import render_silhouettes
 from scenewright.data.scenes import sample_scene
 
-CASE_SEEDS = (3, 5, 11)
+CASE_SIZES = (2, 3, 3)  # instances of case_000, case_001, case_002
 
 
-def write_case(folder: Path, seed: int, resolution: int = 128, max_objects: int = 3) -> Path:
-    """Scene `seed` (its first `max_objects` objects) -> image.png, seg.png, scene.json, instances/k.ply."""
+def write_case(folder: Path, count: int, first_seed: int = 0, resolution: int = 128) -> Path:
+    """The first `count` objects of the first scene from `first_seed` on that has that many
+    -> image.png, seg.png, scene.json, instances/k.ply."""
+    seed = first_seed
+    while len(sample_scene(seed, resolution=resolution).objects) < count:
+        seed += 1
     scene = sample_scene(seed, resolution=resolution)
-    objects = [o for o in scene.objects if o.support is None][:max_objects]
+    objects = scene.objects[:count]
     meshes = [o.world_mesh() for o in objects]
     camera = scene.camera
     silhouettes = render_silhouettes([(np.asarray(m.vertices), np.asarray(m.faces)) for m in meshes], camera)
@@ -50,8 +54,8 @@ def write_case(folder: Path, seed: int, resolution: int = 128, max_objects: int 
 def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of a few small case folders."""
     root = tmp_path_factory.mktemp("cases")
-    for seed in CASE_SEEDS:
-        write_case(root / f"case_{seed:03d}", seed)
+    for index, count in enumerate(CASE_SIZES):
+        write_case(root / f"case_{index:03d}", count, first_seed=10 * index)
     return root
 
 

@@ -32,27 +32,36 @@ def test_normalization_round_trips_and_fills_the_box() -> None:
 
 
 def test_scene_view_meshes_are_in_the_view_frame() -> None:
-    """+Z up: objects stand on the ground, so every instance's lowest point is at the same height."""
+    """+Z up: objects on the ground have their lowest point at height 0; the rotation keeps sizes."""
+    from scenewright.data.scenes import sample_scene
+
+    scene = sample_scene(5)
     meshes = D.scene_view_meshes(5)
-    bottoms = [v[:, 2].min() for v, _ in meshes]
-    assert np.allclose(bottoms, 0.0, atol=1e-9)
+    for obj, (vertices, _) in zip(scene.objects, meshes):
+        if obj.support is None:
+            assert abs(vertices[:, 2].min()) < 1e-9
+        assert np.isclose(np.linalg.norm(vertices - vertices.mean(0), axis=1).max(),
+                          np.linalg.norm(obj.world_mesh().vertices - obj.world_mesh().vertices.mean(0), axis=1).max())
 
 
-def test_vae_examples_label_inside_points() -> None:
-    examples = D.vae_examples(5, SMALL)
-    count = len(D.scene_view_meshes(5))
-    assert examples["surface"].shape == (count, 512, 6) and examples["surface"].dtype == np.float16
-    assert examples["points"].shape == (count, 768, 3)
-    occupancy = np.unpackbits(examples["occupancy"], axis=-1, count=768).astype(bool)
-    # scene 5 is three cylinders: convex, so "inside" is "behind every face plane", an independent test
-    meshes, _ = D.normalized_scene(D.scene_view_meshes(5))
-    for mesh, points, labels, surface in zip(meshes, examples["points"], occupancy, examples["surface"]):
-        assert mesh.is_watertight and mesh.is_convex
-        assert (_inside_convex(mesh, points) == labels).mean() > 0.99
+def test_vae_examples_carry_signed_distances() -> None:
+    # the first scene with convex objects: for those, "inside" is "behind every face plane", an independent test
+    seed = next(s for s in range(100) if any(m.is_convex for m in D.normalized_scene(D.scene_view_meshes(s))[0]))
+    examples = D.vae_examples(seed, SMALL)
+    meshes, _ = D.normalized_scene(D.scene_view_meshes(seed))
+    assert examples["surface"].shape == (len(meshes), 512, 6) and examples["surface"].dtype == np.float16
+    assert examples["points"].shape == (len(meshes), 768, 3) and examples["sdf"].shape == (len(meshes), 768)
+    for mesh, points, sdf, surface in zip(meshes, examples["points"], examples["sdf"].astype(np.float64), examples["surface"]):
+        if not mesh.is_convex:
+            continue
+        assert ((sdf < 0) == _inside_convex(mesh, points)).mean() > 0.99
+        # magnitudes: exact point-to-triangle distances, up to the dense samples' spacing
+        exact = _surface_distance(mesh, points[:64].astype(np.float64))
+        assert np.abs(np.abs(sdf[:64]) - exact).max() < 0.01
         # surface normals point outwards: a small step along them leaves the shape
         surface = surface.astype(np.float64)
         assert not _inside_convex(mesh, surface[:, :3] + 0.01 * surface[:, 3:]).any()
-    assert 0.05 < occupancy.mean() < 0.95  # near-surface queries straddle the surface
+    assert 0.05 < (examples["sdf"] < 0).mean() < 0.95  # near-surface queries straddle the surface
 
 
 def _inside_convex(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:

@@ -66,16 +66,16 @@ def _fixed_loss(objective, draws: int = 6) -> float:
 
 
 def test_vae_stage_learns_the_shapes(vae_run: Path, vae_data: Path) -> None:
-    """The trained (and standardised) VAE reconstructs occupancy better than its random initialisation."""
+    """The trained (and standardised) VAE reconstructs signed distances better than its random initialisation."""
     data = D.load_shards(vae_data, "vae")
     surface = torch.from_numpy(data["surface"].astype(np.float32))
     points = torch.from_numpy(data["points"])
-    labels = torch.from_numpy(np.unpackbits(data["occupancy"], axis=-1, count=points.shape[1]).astype(np.float32))
+    sdf = torch.from_numpy(data["sdf"].astype(np.float32))
 
     def error(vae) -> float:
         with torch.no_grad():
             mean, _ = vae.encode(surface, 32, seed=7)
-            return torch.nn.functional.binary_cross_entropy_with_logits(-vae.decode(mean, points), labels).item()
+            return (vae.decode(mean, points) - sdf).abs().mean().item()
 
     trained = load_component(vae_run / "vae" / "final")
     untrained = build_components("tiny", seed=0)["vae"]
@@ -165,7 +165,7 @@ def test_export_loads_and_generates_a_two_instance_scene(vae_run: Path, dit_data
     weights = list(model.glob("*/*.safetensors"))
     assert len(weights) == 4 and sum(p.stat().st_size for p in weights) < 50e6
     pipe = ScenePipeline.from_pretrained(model, device="cpu")
-    case = case_dir / "case_003"
+    case = case_dir / "case_000"
     seg = np.asarray(Image.open(case / "seg.png"))
     assert sorted(np.unique(seg)) == [0, 1, 2]
     result = pipe.generate(Image.open(case / "image.png"), seg, GenerationSettings(steps=2, mesh_resolution=32))

@@ -13,8 +13,8 @@ Shards are compressed .npz files of fixed-size arrays, so a shard is a few MiB
 and can be shipped to a remote GPU machine in pieces (see docs/training.md):
 
 - VAE shard (`vae-NNNNN.npz`): per instance `surface` (S, 6) float16 points +
-  normals for the encoder, `points` (Q, 3) float32 decoder queries and
-  `occupancy` (Q/8,) uint8 bit-packed inside labels.
+  normals for the encoder, `points` (Q, 3) float32 decoder queries and their
+  signed distances `sdf` (Q,) float16 (negative inside, the decoder's sign).
 - DiT shard (`dit-NNNNN.npz`): per scene `num_instances` and the scene's
   DINO crop; per instance the CLIP crop, the instance's DINO crop, the mask
   (bit-packed) and `surface` samples; crops are the feature extractors'
@@ -69,6 +69,7 @@ class SampleConfig:
     near_points: int = 4096
     uniform_points: int = 2048
     near_sigmas: tuple[float, ...] = (0.005, 0.03)
+    distance_points: int = 50000  # dense surface samples the query distances are measured to
     dit_surface_points: int = 2048
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +98,15 @@ def sample_surface(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) 
 
 
 def sample_queries(mesh: trimesh.Trimesh, cfg: SampleConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Decoder queries: near-surface (Gaussian offsets of surface points) and uniform in [-1, 1]^3; inside labels."""
+    """Decoder queries, near-surface (Gaussian offsets of surface points) and uniform in [-1, 1]^3, with signed distances.
+
+    The VAE learns a distance-like field (as TripoSG's), so that coarse-to-fine meshing
+    refines only a thin band around the surface. Sign: generalised winding number
+    (negative inside); magnitude: distance to the nearest of `distance_points` dense
+    surface samples (an overestimate by at most about their spacing).
+    """
+    from scipy.spatial import cKDTree
+
     from ..data.shapes import inside
 
     per_sigma = np.array_split(np.arange(cfg.near_points), len(cfg.near_sigmas))
@@ -106,7 +115,8 @@ def sample_queries(mesh: trimesh.Trimesh, cfg: SampleConfig, rng: np.random.Gene
         near[idx] += rng.normal(0.0, sigma, (len(idx), 3)).astype(np.float32)
     uniform = rng.uniform(-1.0, 1.0, (cfg.uniform_points, 3)).astype(np.float32)
     points = np.concatenate([near, uniform]).clip(-1.0, 1.0)
-    return points, inside(mesh, points, chunk=256)
+    distance, _ = cKDTree(sample_surface(mesh, cfg.distance_points, rng)[:, :3]).query(points)
+    return points, np.where(inside(mesh, points, chunk=256), -distance, distance).astype(np.float32)
 
 
 # ---- VAE data --------------------------------------------------------------------------------
@@ -130,12 +140,12 @@ def vae_examples(seed: int, cfg: SampleConfig) -> dict[str, np.ndarray]:
     """All instances of procedural scene `seed` as VAE examples (stacked arrays, one row per instance)."""
     rng = np.random.default_rng([seed, 1])
     meshes, _ = normalized_scene(scene_view_meshes(seed))
-    rows: dict[str, list[np.ndarray]] = {"surface": [], "points": [], "occupancy": []}
+    rows: dict[str, list[np.ndarray]] = {"surface": [], "points": [], "sdf": []}
     for mesh in meshes:
-        points, occupied = sample_queries(mesh, cfg, rng)
+        points, sdf = sample_queries(mesh, cfg, rng)
         rows["surface"].append(sample_surface(mesh, cfg.surface_points, rng).astype(np.float16))
         rows["points"].append(points)
-        rows["occupancy"].append(np.packbits(occupied))
+        rows["sdf"].append(sdf.astype(np.float16))
     return {k: np.stack(v) for k, v in rows.items()}
 
 

@@ -41,7 +41,7 @@ class BatchRandom:
 
 
 class VAEObjective:
-    """Occupancy reconstruction (BCE on -field, the field being negative inside) + KL to N(0, I)."""
+    """Signed-distance regression (L1; the field is negative inside) + KL to N(0, I)."""
 
     def __init__(self, vae: TripoSGVAEModel, data: dict[str, np.ndarray], batch_size: int, num_tokens: int,
                  query_points: int, kl_weight: float):
@@ -55,18 +55,17 @@ class VAEObjective:
         rows = rand.numpy.choice(len(self.data["surface"]), self.batch_size, replace=False)
         total = self.data["points"].shape[1]
         picks = np.stack([rand.numpy.choice(total, self.query_points, replace=False) for _ in rows])
-        occupancy = np.unpackbits(self.data["occupancy"][rows], axis=-1, count=total)
         points = torch.from_numpy(np.take_along_axis(self.data["points"][rows], picks[..., None], axis=1)).to(device)
-        labels = torch.from_numpy(np.take_along_axis(occupancy, picks, axis=1).astype(np.float32)).to(device)
+        sdf = torch.from_numpy(np.take_along_axis(self.data["sdf"][rows], picks, axis=1).astype(np.float32)).to(device)
         surface = torch.from_numpy(self.data["surface"][rows].astype(np.float32)).to(device)
         mean, logvar = vae.encode(surface, self.num_tokens, seed=int(rand.numpy.integers(2**31)))
         noise = torch.randn(mean.shape, generator=rand.torch).to(device)
         latents = mean + torch.exp(0.5 * logvar) * noise
         field = vae.decode(latents, points).float()
-        recon = F.binary_cross_entropy_with_logits(-field, labels)
+        recon = (field - sdf).abs().mean()
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
-        accuracy = ((field < 0).float() == labels).float().mean()
-        return recon + self.kl_weight * kl, {"recon": recon.item(), "kl": kl.item(), "accuracy": accuracy.item()}
+        sign = ((field < 0) == (sdf < 0)).float().mean()
+        return recon + self.kl_weight * kl, {"recon": recon.item(), "kl": kl.item(), "sign_accuracy": sign.item()}
 
 
 @torch.no_grad()
