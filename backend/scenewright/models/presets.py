@@ -2,7 +2,7 @@
 
 - "tiny": the size of the MIDI-3D golden replica; random weights make a test model in a second.
 - "small": the default model this project trains and ships: the same classes at a size that
-  samples a 4-instance scene on a 2-core CPU in well under a minute (see docs/training.md).
+  samples a 4-instance scene on a 2-core CPU in about 30 s (measurements in docs/training.md).
 - "full": the released MIDI-3D sizes (TripoSG DiT 2048 x 21 blocks, ViT-L CLIP, DINOv2-L with 7 channels).
 """
 
@@ -43,7 +43,7 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     "small": ModelPreset(
         TripoSGDiTConfig(num_attention_heads=8, width=256, in_channels=16, num_layers=8, cross_attention_dim=128, cross_attention_2_dim=192),
-        TripoSGVAEConfig(latent_channels=16, num_attention_heads=8, width_encoder=128, width_decoder=256, num_layers_encoder=2, num_layers_decoder=3),
+        TripoSGVAEConfig(latent_channels=16, num_attention_heads=8, width_encoder=128, width_decoder=192, num_layers_encoder=2, num_layers_decoder=3),
         CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, image_size=112, projection_dim=128),
         Dinov2Config(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, image_size=112),
         image_size=112,
