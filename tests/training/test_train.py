@@ -178,3 +178,8 @@ def test_small_preset_fits_the_shipping_budget() -> None:
     size = sum(p.numel() * 2 for name in ("transformer", "vae", "image_encoder_1", "image_encoder_2")
                for p in components[name].parameters())  # exported in float16
     assert size < 50e6
+
+
+def test_dit_stage_refuses_shards_made_for_another_preset(vae_run: Path, dit_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="112 px"):
+        build_trainer(_dit_config(tmp_path, dit_data, vae_run, preset="small"))

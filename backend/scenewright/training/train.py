@@ -293,9 +293,14 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
             raise SystemExit("--stage dit needs --vae FOLDER (the VAE stage's RUN/vae/final)")
         save_component(load_component(cfg.vae), own_vae)
     vae = load_component(own_vae, device=device)
+    image_size = PRESETS[cfg.preset].image_size
+    made_for = D.shard_meta(D.shard_paths(cfg.data, "dit")[0]).get("image_size")
+    if made_for != image_size:
+        raise SystemExit(f"the DiT shards in {cfg.data} hold {made_for} px crops but preset {cfg.preset!r} reads "
+                         f"{image_size} px: remake them with --stage dit-data --preset {cfg.preset}")
     data = D.load_shards(cfg.data, "dit")
     latents = cached_latents(cfg, vae, data["surface"], device)
-    fe1, fe2 = feature_extractor_configs(PRESETS[cfg.preset].image_size)
+    fe1, fe2 = feature_extractor_configs(image_size)
     transformer = components["transformer"]
     mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
     objective = DiTObjective(transformer, components["image_encoder_1"], components["image_encoder_2"], data, latents,
