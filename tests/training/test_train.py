@@ -170,6 +170,7 @@ def test_export_loads_and_generates_a_two_instance_scene(vae_run: Path, dit_data
     assert sorted(np.unique(seg)) == [0, 1, 2]
     result = pipe.generate(Image.open(case / "image.png"), seg, GenerationSettings(steps=2, mesh_resolution=32))
     assert [inst.id for inst in result.instances] == [1, 2]
+    assert all(not inst.empty and np.isfinite(inst.scene_vertices()).all() for inst in result.instances)
     assert result.frame["native"] == "view"
 
 
