@@ -37,7 +37,7 @@ class BatchRandom:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.numpy.bit_generator.state = state["numpy"]
-        self.torch.set_state(state["torch"])
+        self.torch.set_state(state["torch"].cpu())  # checkpoints may be loaded onto a GPU
 
 
 class VAEObjective:
