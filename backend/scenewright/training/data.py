@@ -26,7 +26,7 @@ and can be shipped to a remote GPU machine in pieces (see docs/training.md):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import trimesh
 
+from ..config import ConfigMixin
 from ..image_processing import ImageProcessorConfig, build_conditions
 
 SCENE_HALF_EXTENT = 0.9  # the normalised scene box is [-0.9, 0.9] on its longest side; the VAE box is 1.005
@@ -62,7 +63,7 @@ class SceneNormalization:
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(ConfigMixin):
     """How many samples each instance gets, and how far near-surface queries stray (normalised units)."""
 
     surface_points: int = 4096
@@ -71,9 +72,6 @@ class SampleConfig:
     near_sigmas: tuple[float, ...] = (0.005, 0.03)
     distance_points: int = 50000  # dense surface samples the query distances are measured to
     dit_surface_points: int = 2048
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- geometry --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigMixin
 from . import data as D
 from .objectives import BatchRandom, DiTObjective, VAEObjective, encode_means, standardize_latents
 
@@ -43,7 +44,7 @@ EXPORT_DTYPE = torch.float16
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """Every setting of a run; saved as training_config.json next to checkpoints and exported weights."""
 
     stage: str = "vae"
@@ -81,14 +82,6 @@ class TrainConfig:
     shard_size: int = 100
     workers: int = 1
     sample: dict[str, Any] = field(default_factory=lambda: D.SampleConfig().to_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def stage_dir(self) -> Path:
