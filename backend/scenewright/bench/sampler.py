@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from ..loading import resolve_device, resolve_dtype
-from ..models.dit import TripoSGDiTConfig, TripoSGDiTModel
-from ..models.image_encoders import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
+from ..models.dit import TripoSGDiTModel
+from ..models.image_encoders import CLIPVisionModelWithProjection, Dinov2Model
 from ..models.presets import PRESETS as MODEL_PRESETS
 from ..models.presets import ModelPreset, build_components, give_random_field_a_surface
-from ..models.vae import TripoSGVAEConfig, TripoSGVAEModel
+from ..models.vae import TripoSGVAEModel
 from ..pipeline import PipelineOptions, ScenePipeline, default_dtype, synchronize
 
 
@@ -44,21 +44,8 @@ PRESETS: dict[str, SamplerPreset] = {
     # MIDI-3D at release size: DiT width 2048 x 21 blocks, 2048 tokens x 64 channels, CLIP ViT-L/14 and
     # 7-channel DINOv2-L at 224 px, TripoSG VAE (decoder width 1024, 16 blocks), meshes at 256^3.
     "full": SamplerPreset(MODEL_PRESETS["full"], tokens=2048, resolution=256),
-    # a miniature with the same structure, for a 2-core CPU
-    "small": SamplerPreset(
-        ModelPreset(
-            TripoSGDiTConfig(num_attention_heads=4, width=128, in_channels=16, num_layers=9,
-                             cross_attention_dim=64, cross_attention_2_dim=96),
-            TripoSGVAEConfig(latent_channels=16, num_attention_heads=4, width_encoder=64, width_decoder=64,
-                             num_layers_encoder=1, num_layers_decoder=2),
-            CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                             image_size=112, projection_dim=64),
-            Dinov2Config(hidden_size=96, num_hidden_layers=2, num_attention_heads=2),
-            image_size=112,
-        ),
-        tokens=128,
-        resolution=64,
-    ),
+    # the default model this project ships (models/presets.py "small"), at its 128 tokens and mesh resolution
+    "small": SamplerPreset(MODEL_PRESETS["small"], tokens=128, resolution=128),
 }
 
 
