@@ -5,6 +5,8 @@
 #   SCENEWRIGHT_VENV   where the environment lives            (default: <repo>/.venv)
 #   SCENEWRIGHT_TORCH  cpu | cuda | skip  which torch build    (default: cuda when nvidia-smi works, else cpu)
 #   SCENEWRIGHT_EXTRAS pip extras of the package to install    (default: none; tests use "test,blender")
+#   SCENEWRIGHT_EXTENSION  1 | 0  build the Blender extension and install it into `blender` on PATH
+#                      (or $SCENEWRIGHT_BLENDER), else into this environment's bpy module   (default: 1)
 #   SCENEWRIGHT_TORCH_INDEX  a package index for torch, e.g. https://download.pytorch.org/whl/cpu
 #                      for a CPU-only build on Linux (default: pip's configured indexes)
 set -euo pipefail
@@ -52,3 +54,12 @@ target="$repo"
 say "installing the scenewright package${extras:+ with extras [$extras]}"
 "${pip[@]}" -e "$target"
 say "environment ready: $venv (python: $py)"
+
+if [ "${SCENEWRIGHT_EXTENSION:-1}" = 1 ]; then
+  if [ -z "${SCENEWRIGHT_BLENDER:-}" ] && ! command -v blender >/dev/null 2>&1 \
+     && ! "$py" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('bpy') else 1)"; then
+    say "no Blender found: installing the bpy module (Blender as a Python module) for headless use"
+    "${pip[@]}" "bpy==5.0.1"
+  fi
+  "$py" "$repo/install/install_extension.py" ${SCENEWRIGHT_BLENDER:+--blender "$SCENEWRIGHT_BLENDER"}
+fi
