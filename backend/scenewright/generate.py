@@ -7,7 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .protocol import GenerationSettings, SettingsError
 
@@ -45,13 +45,19 @@ def main(argv: list[str]) -> int:
             return 2
 
     from .export import export_result
+    from .loading import ModelLoadError
+    from .masks import MaskError
     from .pipeline import ScenePipeline
 
     def progress(stage: str, step: int, total: int) -> None:
         print(f"\r[{stage}] {step}/{total}   ", end="" if stage == "denoise" and step < total else "\n", file=sys.stderr, flush=True)
 
-    pipe = ScenePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    result = pipe.generate(Image.open(args.image), Image.open(args.seg), settings, progress=progress)
+    try:
+        pipe = ScenePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        result = pipe.generate(Image.open(args.image), Image.open(args.seg), settings, progress=progress)
+    except (ModelLoadError, MaskError, UnidentifiedImageError, ValueError) as exc:
+        print(f"scenewright generate: {exc}", file=sys.stderr)
+        return 1
     glb, manifest = export_result(result, args.out, job_id=uuid.uuid4().hex, model=args.model)
     print(f"wrote {glb} and {manifest} ({len(result.instances)} instances, "
           + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()) + ")")

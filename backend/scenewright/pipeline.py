@@ -104,10 +104,15 @@ class ScenePipeline:
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> "ScenePipeline":
         """Load a model folder or hub repo id (see loading.resolve_source); "default" is the shipped model."""
-        from .loading import load_components, read_model_index, resolve_device, resolve_dtype, resolve_source
+        from .loading import ModelLoadError, load_components, read_model_index, resolve_device, resolve_dtype, resolve_source
 
         dev = resolve_device(device)
-        folder = resolve_source(default_model_path() if str(source) == "default" else source)
+        if str(source) == "default":
+            source = default_model_path()
+            if not (source / "model_index.json").is_file():
+                raise ModelLoadError(f"the default model is not in this installation ({source}); train and export it "
+                                     "(docs/training.md) or choose another model, e.g. a folder or VAST-AI/MIDI-3D")
+        folder = resolve_source(source)
         torch_dtype = default_dtype(dev) if dtype is None else resolve_dtype(dtype)
         components = load_components(folder, dtype=torch_dtype, device=dev)
         options = PipelineOptions.from_dict(read_model_index(folder).get(OPTIONS_KEY))
