@@ -10,12 +10,12 @@ same transforms in Blender's convention, plus ids, labels, camera and timings.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
+from .files import write_atomic
 from .pipeline import GenerationResult
 from .protocol import InstanceRecord, ResultManifest
 
@@ -40,7 +40,7 @@ def write_glb(result: GenerationResult, path: Path) -> None:
         matrix = root @ inst.transform @ np.linalg.inv(root)
         name = node_name(inst.id, inst.label)
         scene.add_geometry(mesh, node_name=name, geom_name=name, transform=matrix)
-    _atomic_write(path, scene.export(file_type="glb"))
+    write_atomic(path, scene.export(file_type="glb"))
 
 
 def build_manifest(result: GenerationResult, job_id: str, model: str | None = None) -> ResultManifest:
@@ -62,11 +62,5 @@ def export_result(result: GenerationResult, folder: Path, job_id: str, model: st
     glb_path, json_path = folder / "result.glb", folder / "result.json"
     write_glb(result, glb_path)
     manifest = build_manifest(result, job_id, model)
-    _atomic_write(json_path, json.dumps(manifest.to_dict(), indent=1).encode())
+    write_atomic(json_path, json.dumps(manifest.to_dict(), indent=1).encode())
     return glb_path, json_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -10,13 +10,13 @@ outside the data dir.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import uuid
 from pathlib import Path
 from typing import Collection
 
+from ..files import write_atomic
 from ..protocol import JobStatus
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -32,16 +32,6 @@ class UnknownJob(KeyError):
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file.
-
-    No fsync: status files change on every sampler step, and a power cut may lose the last few.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class JobStore:
