@@ -134,9 +134,22 @@ def _apply_settings(props, settings: dict[str, Any]) -> None:
         props.mi_blocks = ",".join(str(b) for b in checked.mi_blocks)
 
 
+def _light_if_unlit(scene: bpy.types.Scene) -> None:
+    """A fresh file has no world and no light: add a soft light-grey sky and a sun, like a blockout studio."""
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("SceneWright sky")
+        scene.world.color = (0.8, 0.8, 0.82)
+    if not any(obj.type == "LIGHT" for obj in scene.objects):
+        sun = bpy.data.objects.new("SceneWright sun", bpy.data.lights.new("SceneWright sun", type="SUN"))
+        sun.data.energy = 3.0
+        sun.rotation_euler = (0.7, 0.2, 0.6)
+        scene.collection.objects.link(sun)
+
+
 def _render(scene: bpy.types.Scene, path: str, samples: int) -> None:
     if scene.camera is None:
         raise GenerationError("the result has no camera to render through")
+    _light_if_unlit(scene)
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples

@@ -235,11 +235,18 @@ def start_generation(context: bpy.types.Context, backend: BackendSettings,
         client.download_result(final.job_id, folder)
         return final.job_id, folder
 
+    last_line = [""]
+
     def on_event(status: protocol.JobStatus) -> None:
         job = _job_item(request.scene_name, key)
         if job is not None:
             job.job_id, job.state, job.stage = status.job_id, status.state, status.stage
             job.step, job.total, job.message = status.step, status.total, status.message
+        if bpy.app.background:  # command line: progress on stdout, one line per change
+            line = f"SceneWright: {status.state} {status.stage} {status.step}/{status.total}"
+            if line != last_line[0]:
+                print(line, flush=True)
+                last_line[0] = line
 
     def on_done(result: tuple[str, Path]) -> None:
         job_id, folder = result

@@ -1,7 +1,7 @@
 """Build the extension zip and install it into Blender: a `blender` executable if one is found
 (or given), else the bpy module of a Python environment (headless use). Standard library only.
 
-    python install/install_extension.py [--blender PATH] [--python PYTHON_WITH_BPY]
+    python install/install_extension.py [--blender PATH | --bpy] [--python PYTHON_WITH_BPY]
 
 Installing again replaces the installed version (idempotent).
 """
@@ -46,17 +46,19 @@ def install_into_bpy(python: str, zip_path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blender", help="Blender executable (default: `blender` on PATH, if any)")
+    parser.add_argument("--bpy", action="store_true", help="install into the bpy module even if a Blender is found")
     parser.add_argument("--python", default=sys.executable, help="a Python with the bpy module (used to build, and "
                         "installed into when no Blender executable is found)")
     args = parser.parse_args(argv)
-    blender = args.blender or shutil.which("blender")
+    blender = None if args.bpy else args.blender or shutil.which("blender")
     try:
         zip_path = build(REPO_ROOT / "dist", args.python)
         say(f"built and validated {zip_path}")
         if blender:
             install_into_blender(blender, zip_path)
         else:
-            say("no `blender` on PATH (give one with --blender); using the bpy module instead")
+            if not args.bpy:
+                say("no `blender` on PATH (give one with --blender); using the bpy module instead")
             install_into_bpy(args.python, zip_path)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         say(f"failed: {exc}")
