@@ -8,7 +8,6 @@ gray value merge, exactly as in the reference).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,13 +46,3 @@ def instances_from_seg(seg: Image.Image | np.ndarray) -> list[InstanceMask]:
     gray = seg_to_gray(seg)
     ids = [int(v) for v in np.unique(gray) if v != 0]
     return [InstanceMask(id=i, mask=gray == i) for i in ids]
-
-
-def load_seg_png(data: bytes) -> Image.Image:
-    """Decode PNG/any PIL-readable bytes, with a clear error for corrupt data."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # PIL raises many types for corrupt input
-        raise MaskError(f"the segmentation file is not a readable image ({exc})") from exc
-    return image

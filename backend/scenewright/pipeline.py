@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .config import ConfigMixin
+from .image_processing import build_conditions, to_rgb_image
 from .masks import InstanceMask, MaskError, instances_from_seg
 from .protocol import MAX_INSTANCES, GenerationSettings
 
@@ -131,8 +132,6 @@ class ScenePipeline:
     @torch.no_grad()
     def encode_conditions(self, image: Image.Image, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instance RGB -> CLIP embedding (N, 1, D1); [instance RGB, scene RGB, mask] -> DINOv2 tokens (N, L, D2)."""
-        from .image_processing import build_conditions
-
         clip_pixels, dino_pixels = build_conditions(image, list(masks), self.feature_extractor_1, self.feature_extractor_2)
         enc_dtype = next(self.image_encoder_1.parameters()).dtype
         emb1 = self.image_encoder_1(clip_pixels.to(self.device, enc_dtype)).unsqueeze(1)
@@ -213,7 +212,7 @@ class ScenePipeline:
         clock = time.perf_counter()
 
         report("preprocess", 0, 1)
-        scene = _as_rgb(image)
+        scene = to_rgb_image(image)
         instances = _as_instances(masks, scene.size)
         timings["preprocess"] = time.perf_counter() - clock
 
@@ -263,16 +262,6 @@ class ScenePipeline:
 def default_model_path() -> Path:
     """The model this project trains and ships, inside the package."""
     return Path(__file__).resolve().parent / "assets" / "default-model"
-
-
-def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if image.mode == "RGBA":  # transparent pixels become white, the background MIDI expects
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 def _as_instances(masks: Sequence[InstanceMask] | Image.Image | np.ndarray, size: tuple[int, int]) -> list[InstanceMask]:
