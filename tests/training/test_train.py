@@ -20,7 +20,7 @@ from scenewright.models.presets import build_components
 from scenewright.pipeline import ScenePipeline
 from scenewright.protocol import GenerationSettings
 from scenewright.training import data as D
-from scenewright.training.objectives import BatchRandom, encode_means, standardize_latents
+from scenewright.training.objectives import SIGN_SCALE, BatchRandom, VAEObjective, encode_means, standardize_latents
 from scenewright.training.train import TrainConfig, build_trainer, export_model, make_dit_data, run_stage
 
 SMALL = D.SampleConfig(surface_points=512, near_points=512, uniform_points=256, dit_surface_points=256)
@@ -99,6 +99,33 @@ def test_standardisation_keeps_the_decoded_field() -> None:
         after = vae.decode(mean, points)
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     assert abs(mean.std().item() - 1.0) < 0.05
+
+
+def test_vae_objective_truncates_targets_weighs_the_sign_and_subsamples_the_encoder_input(vae_data: Path) -> None:
+    """With a decoder that outputs a constant c, the loss terms have closed forms over the drawn queries."""
+    data = D.load_shards(vae_data, "vae")
+    vae = build_components("tiny", seed=0)["vae"]
+    c = 0.02
+    with torch.no_grad():
+        vae.decoder.proj_out.weight.zero_()
+        vae.decoder.proj_out.bias.fill_(-c)  # the field is minus the projection
+    seen: list[int] = []
+    vae.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[1].shape[1]))
+    objective = VAEObjective(vae, data, batch_size=2, num_tokens=16, query_points=300, kl_weight=0.0,
+                             truncation=0.01, sign_weight=0.5, encoder_points=200)
+    loss, stats = objective.loss(BatchRandom.seeded(3), torch.device("cpu"))
+    # the same draws as the objective: rows, then one query choice per row
+    rand = BatchRandom.seeded(3).numpy
+    rows = rand.choice(len(data["surface"]), 2, replace=False)
+    picks = np.stack([rand.choice(data["points"].shape[1], 300, replace=False) for _ in rows])
+    sdf = torch.from_numpy(np.take_along_axis(data["sdf"][rows], picks, axis=1).astype(np.float32))
+    recon = (c - sdf.clamp(-0.01, 0.01)).abs().mean()
+    sign = torch.nn.functional.binary_cross_entropy_with_logits(torch.full_like(sdf, -c / SIGN_SCALE), (sdf < 0).float())
+    assert seen == [200]
+    assert stats["recon"] == pytest.approx(recon.item(), rel=1e-5)
+    assert stats["sign_bce"] == pytest.approx(sign.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(recon.item() + 0.5 * sign.item(), rel=1e-5)
+    assert stats["sign_accuracy"] == pytest.approx((sdf >= 0).float().mean().item())
 
 
 def test_dit_stage_lowers_the_loss(vae_run: Path, dit_data: Path, tmp_path: Path) -> None:

@@ -68,6 +68,9 @@ class TrainConfig(ConfigMixin):
     # vae
     query_points: int = 2048
     kl_weight: float = 1e-3
+    sdf_truncation: float = 0.0  # clamp target distances to +-this (0: no clamp)
+    sign_weight: float = 0.0  # weight of the inside/outside cross-entropy term
+    encoder_points: int = 0  # surface points the encoder sees per instance (0: all of them)
     # dit
     mi_blocks: list[int] | None = None  # None: the transformer's default_mi_blocks(3)
     cfg_drop: float = 0.15
@@ -277,7 +280,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     if cfg.stage == "vae":
         data = D.load_shards(cfg.data, "vae")
         objective: VAEObjective | DiTObjective = VAEObjective(
-            components["vae"], data, cfg.batch_size, cfg.num_tokens, cfg.query_points, cfg.kl_weight)
+            components["vae"], data, cfg.batch_size, cfg.num_tokens, cfg.query_points, cfg.kl_weight,
+            cfg.sdf_truncation or None, cfg.sign_weight, cfg.encoder_points or None)
         return Trainer(cfg, objective, device)
     # dit: the VAE is frozen; its copy inside the run makes the run self-contained for export
     own_vae = cfg.stage_dir / "vae"
