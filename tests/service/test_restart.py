@@ -64,3 +64,27 @@ def test_data_dir_of_a_live_service_is_refused(tmp_path, tiny_model):
     )
     assert result.returncode == 1 and "already uses" in result.stderr
     assert json.loads((tmp_path / STATE_FILE_NAME).read_text())["pid"] == os.getpid()  # left alone
+
+
+def test_old_finished_jobs_are_deleted_beyond_keep_jobs(make_service, scene, tmp_path):
+    service = make_service(tmp_path / "data", extra_args=("--keep-jobs", "1"))
+    first = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+    assert service.wait(first["job_id"])["state"] == "succeeded"
+    assert service.get(f"/v1/jobs/{first['job_id']}/result.glb").status_code == 200
+    second = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+    assert service.wait(second["job_id"])["state"] == "succeeded"
+    jobs_dir = tmp_path / "data" / "jobs"
+    assert sorted(p.name for p in jobs_dir.iterdir()) == [second["job_id"]]
+    assert service.get(f"/v1/jobs/{first['job_id']}").status_code == 404
+    assert [j["job_id"] for j in service.get("/v1/jobs").json()["jobs"]] == [second["job_id"]]
+    assert service.stop() == 0
+
+    # a restart with a lower limit prunes at start; 0 keeps no finished job
+    again = make_service(tmp_path / "data", extra_args=("--keep-jobs", "0"))
+    assert again.get("/v1/jobs").json()["jobs"] == [] and list(jobs_dir.iterdir()) == []
+
+
+def test_keep_jobs_must_not_be_negative(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "scenewright", "serve", "--data-dir", str(tmp_path), "--keep-jobs", "-1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--keep-jobs" in result.stderr and "0 or more" in result.stderr

@@ -25,7 +25,7 @@ from .inputs import InputError, parse_submission
 from .jobs import JobConflict, JobManager
 from ..loading import ModelLoadError
 from .model_manager import ModelManager, UnknownModel
-from .storage import RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
+from .storage import DEFAULT_KEEP_JOBS, RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
 
 
 class LoadModelRequest(BaseModel):
@@ -73,10 +73,10 @@ class BodyLimitMiddleware:
         await self.app(scope, replay_receive, send)
 
 
-def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy) -> FastAPI:
+def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy, keep_jobs: int = DEFAULT_KEEP_JOBS) -> FastAPI:
     """The service app; the worker thread runs between the app's startup and shutdown."""
     store = JobStore(data_dir)
-    jobs = JobManager(store, models)
+    jobs = JobManager(store, models, keep_jobs)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ from ..pipeline import GenerationCancelled
 from ..protocol import JobStatus
 from .inputs import Submission
 from .model_manager import ModelManager, is_out_of_memory, out_of_memory_message, release_memory
-from .storage import INTERRUPTED_MESSAGE, JobStore, new_job_id
+from .storage import DEFAULT_KEEP_JOBS, INTERRUPTED_MESSAGE, JobStore, new_job_id
 
 log = logging.getLogger("scenewright.service")
 
@@ -44,9 +44,10 @@ class _Job:
 class JobManager:
     """Queue + worker; the service's only way to start, follow and cancel jobs."""
 
-    def __init__(self, store: JobStore, models: ModelManager) -> None:
+    def __init__(self, store: JobStore, models: ModelManager, keep_jobs: int = DEFAULT_KEEP_JOBS) -> None:
         self.store = store
         self.models = models
+        self.keep_jobs = keep_jobs  # finished job folders kept on disk; older ones are deleted
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self._active: dict[str, _Job] = {}  # queued or running
@@ -59,6 +60,7 @@ class JobManager:
         """Mark jobs of a dead process as failed, then start the worker."""
         for job_id in self.store.fail_interrupted():
             log.warning("job %s was interrupted by the previous service process; marked failed", job_id)
+        self._prune()
         self._thread = threading.Thread(target=self._work, name="scenewright-gpu-worker", daemon=True)
         self._thread.start()
 
@@ -136,6 +138,11 @@ class JobManager:
         job.submission = None
         self.store.write_status(job.status)
         self._active.pop(job.status.job_id, None)
+        self._prune()
+
+    def _prune(self) -> None:
+        for job_id in self.store.prune(self.keep_jobs):
+            log.info("deleted the folder of old job %s (keeping the newest %d finished jobs)", job_id, self.keep_jobs)
 
     def _update(self, job: _Job, **changes) -> None:
         with self._lock:

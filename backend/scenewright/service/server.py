@@ -20,6 +20,14 @@ import time
 from pathlib import Path
 
 from ..protocol import PROTOCOL_VERSION, STATE_FILE_NAME, TOKEN_ENV_VAR, default_data_dir
+from .storage import DEFAULT_KEEP_JOBS
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also accept this Host header (repeatable): the machine's name for remote clients, "
                              "or an SSH tunnel's local end; loopback names are always accepted")
     parser.add_argument("--token", default=None, help=f"access token (default: ${TOKEN_ENV_VAR}, else a new random one)")
+    parser.add_argument("--keep-jobs", type=_non_negative, default=DEFAULT_KEEP_JOBS, metavar="N",
+                        help=f"finished jobs whose folders are kept; older ones are deleted (default {DEFAULT_KEEP_JOBS})")
     return parser
 
 
@@ -122,7 +132,7 @@ def main(argv: list[str]) -> int:
     port = sock.getsockname()[1]
     token = args.token or os.environ.get(TOKEN_ENV_VAR) or secrets.token_urlsafe(32)
     policy = AccessPolicy(token=token, bound_host=args.host, port=port, extra_hosts=tuple(args.allow_host))
-    app = create_app(data_dir, models, policy)
+    app = create_app(data_dir, models, policy, keep_jobs=args.keep_jobs)
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     state_path = data_dir / STATE_FILE_NAME
     state = {"url": f"http://{url_host}:{port}", "pid": os.getpid(), "token": token,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,8 @@ STATUS_FILE = "status.json"
 RESULT_GLB = "result.glb"
 RESULT_JSON = "result.json"
 INTERRUPTED_MESSAGE = "the service stopped while this job was running; submit it again"
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+DEFAULT_KEEP_JOBS = 100
 
 
 class UnknownJob(KeyError):
@@ -93,3 +96,13 @@ class JobStore:
                 self.write_status(status)
                 failed.append(status.job_id)
         return failed
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the folders of finished jobs beyond the newest `keep` finished ones (queued and
+        running jobs are never touched); returns the deleted ids, oldest last."""
+        finished = [s for s in self.list_statuses() if s.state in FINISHED_STATES]
+        removed = []
+        for status in finished[max(keep, 0):]:
+            shutil.rmtree(self.job_dir(status.job_id), ignore_errors=True)
+            removed.append(status.job_id)
+        return removed
