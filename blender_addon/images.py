@@ -35,6 +35,11 @@ def load_image(path: str) -> bpy.types.Image:
 
 def image_to_array(image: bpy.types.Image) -> np.ndarray:
     """(H, W, 4) uint8, first row at the top (Blender stores rows bottom-up), display-referred values."""
+    return np.clip(np.rint(image_to_float(image) * 255.0), 0, 255).astype(np.uint8)
+
+
+def image_to_float(image: bpy.types.Image) -> np.ndarray:
+    """(H, W, 4) float32 in [0, 1] at the image's own precision (16-bit files keep theirs), display-referred."""
     width, height = image.size
     if width == 0 or height == 0:
         raise InputError(f"image {image.name!r} has no pixels (file missing or unreadable?)")
@@ -47,7 +52,7 @@ def image_to_array(image: bpy.types.Image) -> np.ndarray:
         pixels = np.concatenate([pixels, np.ones_like(pixels[..., :1])], axis=2)
     if image.is_float and image.colorspace_settings.name != "Non-Color":
         pixels[..., :3] = _linear_to_srgb(pixels[..., :3])  # float buffers (16-bit PNG, EXR) hold scene-linear values
-    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+    return pixels
 
 
 def array_to_image(name: str, array: np.ndarray, non_color: bool = False) -> bpy.types.Image:

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 
 from . import protocol
-from .images import InputError, array_to_image, image_to_array
+from .images import InputError, array_to_image, image_to_array, image_to_float
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -82,6 +82,20 @@ def auto_seg(rgb: np.ndarray, tolerance: int = 16, min_fraction: float = 0.0005)
     for k, label in enumerate(keep, start=1):
         seg[labels == label] = k * step
     return seg
+
+
+def seg_image_to_array(image: bpy.types.Image) -> np.ndarray:
+    """The seg image as the (H, W, 4) uint8 sent to the backend.
+
+    A 16-bit label map (values 1..N on black, as saved by many tools) would read as black at
+    8 bits; its values are sent as gray 1..N instead, which is how the backend reads such a file.
+    """
+    if image.is_float:
+        gray = np.rint(image_to_float(image)[..., :3].mean(axis=2) * 65535.0)
+        if 0 < gray.max() <= 255:
+            gray = gray.astype(np.uint8)
+            return np.concatenate([np.repeat(gray[..., None], 3, axis=2), np.full_like(gray[..., None], 255)], axis=2)
+    return image_to_array(image)
 
 
 def create_auto_mask(reference: bpy.types.Image) -> bpy.types.Image:

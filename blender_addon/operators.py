@@ -178,7 +178,7 @@ def collect_request(context: bpy.types.Context) -> GenerationRequest:
         raise InputError("no reference image: pick or open one in the SceneWright panel (or show one in an Image Editor)")
     if props.seg_image is None:
         raise InputError("no masks: pick a seg image, or use Create Blank Mask / Auto Masks in the SceneWright panel")
-    image, seg = image_to_array(reference), image_to_array(props.seg_image)
+    image, seg = image_to_array(reference), masks.seg_image_to_array(props.seg_image)
     if image.shape[:2] != seg.shape[:2]:
         raise InputError(f"the masks are {seg.shape[1]}x{seg.shape[0]} but the reference is {image.shape[1]}x{image.shape[0]}; "
                          "they must be the same size")

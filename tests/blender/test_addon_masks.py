@@ -67,7 +67,11 @@ for name, array in (("gray", rgba[..., 0]), ("rgb", rgba[..., :3]), ("rgba", rgb
         fh.write(images.encode_png(array))
 np.save(PARAMS["png_dir"] + "/source.npy", rgba)
 sixteen_bit = images.image_to_array(images.load_image(PARAMS["png_dir"] + "/gray16.png"))
-done({"sixteen_bit": sorted(set(sixteen_bit[..., :3].ravel().tolist())), "agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
+mid_gray_seg = masks.seg_image_to_array(images.load_image(PARAMS["png_dir"] + "/gray16.png"))
+label_map = masks.seg_image_to_array(images.load_image(PARAMS["png_dir"] + "/labels16.png"))
+np.save(PARAMS["png_dir"] + "/labels16_seen.npy", label_map)
+done({"sixteen_bit": sorted(set(sixteen_bit[..., :3].ravel().tolist())),
+      "mid_gray_seg": sorted(set(mid_gray_seg[..., :3].ravel().tolist())), "agree": agree, "auto": sorted(auto), "blank": sorted(blank), "blank_size": list(props.seg_image.size),
       "blank_max": int(blank_pixels[..., :3].max()), "empty_error": empty_error, "many_error": many_error})
 '''
 
@@ -76,6 +80,9 @@ def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
     rgb, expected = _plain_background_scene()
     Image.fromarray(rgb).save(tmp_path / "scene.png")
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "gray16.png")  # loads as a linear float buffer
+    labels = np.zeros((12, 10), np.uint16)
+    labels[2:5, 1:4], labels[6:9, 2:8], labels[9:11, 7:9] = 1, 2, 3  # a 16-bit label map: values 1..3 on black
+    Image.fromarray(labels).save(tmp_path / "labels16.png")
     run = blender.run(MASKS_SCRIPT, {"image": str(tmp_path / "scene.png"), "seg_png": str(tmp_path / "seg.png"),
                                      "png_dir": str(tmp_path)})
     out = run.result
@@ -94,6 +101,9 @@ def test_auto_masks_blank_masks_and_png_encoding(blender, tmp_path):
     assert "20 gray values, at most 16 objects" in out["many_error"]
 
     assert out["sixteen_bit"] == [128]  # mid-gray in the file is mid-gray on the wire
+    assert out["mid_gray_seg"] == [128]  # an ordinary 16-bit gray seg image is not mistaken for a label map
+    seen = np.load(tmp_path / "labels16_seen.npy")
+    assert (seen[..., 0] == labels).all() and (seen[..., 1] == labels).all() and (seen[..., 3] == 255).all()
 
     source = np.load(tmp_path / "source.npy")
     assert (np.asarray(Image.open(tmp_path / "gray.png")) == source[..., 0]).all()
