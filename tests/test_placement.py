@@ -275,10 +275,10 @@ def test_without_any_mask_for_a_mesh_the_camera_frames_the_scene():
 def test_placement_benchmark_writes_predictions_with_camera(shared_dir, tmp_path):
     import json
 
-    from scenewright.bench.placement import main
+    from scenewright.cli import main
     from scenewright.evaluation.cases import load_prediction
 
-    assert main([str(shared_dir / "benchmark" / "dev"), "--out", str(tmp_path), "--case", "case_003"]) == 0
+    assert main(["bench", "placement", str(shared_dir / "benchmark" / "dev"), "--out", str(tmp_path), "--case", "case_003"]) == 0
     summary = json.loads((tmp_path / "placement.json").read_text())["summary"]
     assert summary["cases"] == 1 and summary["reproj_iou_mean"] > 0.9
     assert summary["contacts_within_2pct"] == 1.0

@@ -10,7 +10,7 @@ function. For contacts, each instance is first moved up or down by up to
 `place_scene` stands it back on its support; the distance to the GT support is
 measured in the placed scene.
 
-    python -m scenewright.bench.placement ../shared/benchmark/dev --out runs/placement
+    scenewright bench placement ../shared/benchmark/dev --out runs/placement
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _support_distance(placement, index: dict[int, int], inst_id: int, support: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scenewright.bench.placement", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="scenewright bench placement", description=__doc__.split("\n")[0])
     parser.add_argument("cases", type=Path, help="folder of benchmark cases (e.g. ../shared/benchmark/dev)")
     parser.add_argument("--out", type=Path, required=True, help="writes PRED/<case>/ and placement.json here")
     parser.add_argument("--seed", type=int, default=0)

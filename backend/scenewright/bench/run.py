@@ -1,4 +1,4 @@
-"""`scenewright bench extraction|sampler`: print a table, optionally write the numbers as JSON."""
+"""`scenewright bench extraction|sampler|placement`: print a table, optionally write the numbers as JSON."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis")
     ext.add_argument("--coarse-resolution", type=int, default=None)
     ext.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    sub.add_parser("placement", add_help=False,
+                   help="camera solve, ground and contacts on benchmark cases with GT meshes "
+                        "(options: scenewright bench placement --help)")
     smp = sub.add_parser("sampler", help="encode / denoise / decode seconds and peak memory, random weights")
     smp.add_argument("--config", choices=("small", "full"), default="small")
     smp.add_argument("--instances", default="1,3,5,8", help="comma-separated instance counts")
@@ -28,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["placement"]:  # its own parser (cases folder, --out, perturbations)
+        from .placement import main as placement_main
+
+        return placement_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.what == "extraction":
         from .extraction import format_extraction, run_extraction
