@@ -135,6 +135,16 @@ def test_cancel_stops_between_steps(tiny_random: ScenePipeline) -> None:
     assert steps_done == [1, 2]
 
 
+def test_cancel_during_decode_stops_before_placement(tiny_random: ScenePipeline) -> None:
+    image, seg = _scene()
+    stages: list[str] = []
+    with pytest.raises(GenerationCancelled):
+        tiny_random.generate(image, seg, GenerationSettings(steps=2, mesh_resolution=32),
+                             progress=lambda stage, step, total: stages.append(stage),
+                             should_cancel=lambda: "decode" in stages)
+    assert stages[-1] == "decode" and "place" not in stages
+
+
 def test_bad_inputs_are_clear_errors(tiny_random: ScenePipeline) -> None:
     image, seg = _scene()
     with pytest.raises(MaskError, match="no instances"):

@@ -30,7 +30,7 @@ OPTIONS_KEY = "_scenewright"
 
 
 class GenerationCancelled(Exception):
-    """should_cancel() turned true; raised between sampler steps."""
+    """should_cancel() turned true; raised between sampler steps and between chunks of mesh queries."""
 
 
 @dataclass
@@ -182,13 +182,16 @@ class ScenePipeline:
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, resolution: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def decode(self, latents: torch.Tensor, resolution: int,
+               should_cancel: CancelFn | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """VAE field of every instance at once -> one mesh per instance (None when the field has no surface)."""
         from .meshing import extract_meshes
 
         kv = self.vae.decoder_kv(latents.to(next(self.vae.parameters()).dtype))
 
         def field_fn(points: torch.Tensor) -> torch.Tensor:
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled()
             return self.vae.query(kv, points.to(self.device, torch.float32)).float()  # coordinates stay fp32
 
         bound = self.options.bbox
@@ -233,7 +236,7 @@ class ScenePipeline:
 
         clock = time.perf_counter()
         report("decode", 0, 1)
-        meshes = self.decode(latents, settings.mesh_resolution)
+        meshes = self.decode(latents, settings.mesh_resolution, should_cancel)
         timings["decode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
