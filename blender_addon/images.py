@@ -35,7 +35,12 @@ def load_image(path: str) -> bpy.types.Image:
 
 def image_to_array(image: bpy.types.Image) -> np.ndarray:
     """(H, W, 4) uint8, first row at the top (Blender stores rows bottom-up), display-referred values."""
-    return np.clip(np.rint(image_to_float(image) * 255.0), 0, 255).astype(np.uint8)
+    return float_to_uint8(image_to_float(image))
+
+
+def float_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8, rounded and clipped."""
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
 def image_to_float(image: bpy.types.Image) -> np.ndarray:

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 
 from . import protocol
-from .images import InputError, array_to_image, image_to_array, image_to_float
+from .images import InputError, array_to_image, float_to_uint8, image_to_array, image_to_float
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -90,12 +90,12 @@ def seg_image_to_array(image: bpy.types.Image) -> np.ndarray:
     A 16-bit label map (values 1..N on black, as saved by many tools) would read as black at
     8 bits; its values are sent as gray 1..N instead, which is how the backend reads such a file.
     """
+    pixels = image_to_float(image)
     if image.is_float:
-        gray = np.rint(image_to_float(image)[..., :3].mean(axis=2) * 65535.0)
-        if 0 < gray.max() <= 255:
-            gray = gray.astype(np.uint8)
-            return np.concatenate([np.repeat(gray[..., None], 3, axis=2), np.full_like(gray[..., None], 255)], axis=2)
-    return image_to_array(image)
+        labels = np.rint(pixels[..., :3].mean(axis=2) * 65535.0)
+        if 0 < labels.max() <= 255:
+            pixels = np.concatenate([np.repeat(labels[..., None] / 255.0, 3, axis=2), np.ones_like(pixels[..., :1])], axis=2)
+    return float_to_uint8(pixels)
 
 
 def create_auto_mask(reference: bpy.types.Image) -> bpy.types.Image:

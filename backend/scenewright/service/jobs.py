@@ -138,9 +138,9 @@ class JobManager:
         job.submission = None
         self.store.write_status(job.status)
         self._active.pop(job.status.job_id, None)
-        self._prune()
 
     def _prune(self) -> None:
+        """Delete old finished job folders (reads every status file: called outside the lock)."""
         for job_id in self.store.prune(self.keep_jobs):
             log.info("deleted the folder of old job %s (keeping the newest %d finished jobs)", job_id, self.keep_jobs)
 
@@ -193,4 +193,5 @@ class JobManager:
                 outcome = ("failed", f"generation failed: {type(exc).__name__}: {exc}")
         with self._lock:
             self._finish(job, *outcome)
+        self._prune()
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Collection
 
 from ..files import write_atomic
-from ..protocol import JobStatus
+from ..protocol import FINISHED_STATES, JobStatus
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 STATUS_FILE = "status.json"
 RESULT_GLB = "result.glb"
 RESULT_JSON = "result.json"
 INTERRUPTED_MESSAGE = "the service stopped while this job was running; submit it again"
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_KEEP_JOBS = 100
 
 

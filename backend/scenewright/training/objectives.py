@@ -42,22 +42,24 @@ class BatchRandom:
 
 # distance (in the normalised frame) at which the sign term's logit reaches 1
 SIGN_SCALE = 0.01
+# queries closer than this to the surface count for near_sign_accuracy
+NEAR_SURFACE = 0.02
 
 
 class VAEObjective:
     """Signed-distance regression (L1; the field is negative inside) + KL to N(0, I).
 
-    With `truncation` the target distance is clamped to +-truncation, so far queries stop
+    With `truncation` > 0 the target distance is clamped to +-truncation, so far queries stop
     dominating the loss and the decoder spends its capacity near the surface. `sign_weight`
     adds a binary cross-entropy on inside/outside with logits -field / SIGN_SCALE: near the
     surface the L1 term hardly cares about the sign, and a wrong sign is a hole or a blob.
-    `encoder_points` feeds the encoder a random subset of each surface (the DiT shards hold
+    `encoder_points` > 0 feeds the encoder a random subset of each surface (the DiT shards hold
     2048 points per instance, so the VAE learns on the point count it will encode).
     """
 
     def __init__(self, vae: TripoSGVAEModel, data: dict[str, np.ndarray], batch_size: int, num_tokens: int,
-                 query_points: int, kl_weight: float, truncation: float | None = None, sign_weight: float = 0.0,
-                 encoder_points: int | None = None):
+                 query_points: int, kl_weight: float, truncation: float = 0.0, sign_weight: float = 0.0,
+                 encoder_points: int = 0):
         self.modules: dict[str, nn.Module] = {"vae": vae}
         self.data = data
         self.batch_size, self.num_tokens = batch_size, num_tokens
@@ -72,7 +74,7 @@ class VAEObjective:
         points = torch.from_numpy(np.take_along_axis(self.data["points"][rows], picks[..., None], axis=1)).to(device)
         sdf = torch.from_numpy(np.take_along_axis(self.data["sdf"][rows], picks, axis=1).astype(np.float32)).to(device)
         surface = self.data["surface"][rows]
-        if self.encoder_points is not None and self.encoder_points < surface.shape[1]:
+        if 0 < self.encoder_points < surface.shape[1]:
             keep = np.stack([rand.numpy.choice(surface.shape[1], self.encoder_points, replace=False) for _ in rows])
             surface = np.take_along_axis(surface, keep[..., None], axis=1)
         surface = torch.from_numpy(surface.astype(np.float32)).to(device)
@@ -80,12 +82,12 @@ class VAEObjective:
         noise = torch.randn(mean.shape, generator=rand.torch).to(device)
         latents = mean + torch.exp(0.5 * logvar) * noise
         field = vae.decode(latents, points).float()
-        target = sdf if self.truncation is None else sdf.clamp(-self.truncation, self.truncation)
+        target = sdf.clamp(-self.truncation, self.truncation) if self.truncation > 0 else sdf
         recon = (field - target).abs().mean()
         sign_loss = F.binary_cross_entropy_with_logits(-field / SIGN_SCALE, (sdf < 0).float())
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
         agree = ((field < 0) == (sdf < 0)).float()
-        near = sdf.abs() < 0.02
+        near = sdf.abs() < NEAR_SURFACE
         stats = {"recon": recon.item(), "kl": kl.item(), "sign_bce": sign_loss.item(), "sign_accuracy": agree.mean().item(),
                  "near_sign_accuracy": agree[near].mean().item() if near.any() else float("nan")}
         return recon + self.sign_weight * sign_loss + self.kl_weight * kl, stats

@@ -281,7 +281,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         data = D.load_shards(cfg.data, "vae")
         objective: VAEObjective | DiTObjective = VAEObjective(
             components["vae"], data, cfg.batch_size, cfg.num_tokens, cfg.query_points, cfg.kl_weight,
-            cfg.sdf_truncation or None, cfg.sign_weight, cfg.encoder_points or None)
+            cfg.sdf_truncation, cfg.sign_weight, cfg.encoder_points)
         return Trainer(cfg, objective, device)
     # dit: the VAE is frozen; its copy inside the run makes the run self-contained for export
     own_vae = cfg.stage_dir / "vae"
