@@ -87,8 +87,7 @@ class LocalBackend:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BackendError(f"the backend exited during start-up (code {self.process.returncode}):\n"
-                                   f"{self.log_tail()}\nIs scenewright installed in {self.environment}?")
+                raise BackendError(self.start_failure(self.process.returncode))
             state = read_state_file(self.data_dir)
             if state is not None and state.get("pid") == self.process.pid:
                 self.pid = self.process.pid
@@ -115,6 +114,18 @@ class LocalBackend:
             stopped = False
         self.process, self.connection, self.pid = None, None, None
         return stopped
+
+    def start_failure(self, code: int) -> str:
+        """What to tell the user when the process ended during start-up: the service's own message when it
+        printed one (a missing model, a busy data dir), else the log and a hint at the environment."""
+        tail = self.log_tail()
+        said = [line for line in tail.splitlines() if line.startswith("scenewright serve: ")]
+        if said:
+            return f"the backend did not start: {said[-1][len('scenewright serve: '):]}"
+        hint = ""
+        if "No module named" in tail:
+            hint = f"\nIs scenewright installed in {self.environment}?"
+        return f"the backend exited during start-up (code {code}):\n{tail}{hint}"
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -54,9 +54,11 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
     mi_blocks: StringProperty(name="Multi-Instance Blocks",
                               description="Transformer blocks with multi-instance attention, e.g. 8-12 or 8,10,12 "
                                           "(empty: the model's default)")
-    mesh_resolution: IntProperty(name="Mesh Detail", default=128, min=int(protocol.SETTING_RANGES["mesh_resolution"].low),
+    mesh_resolution: IntProperty(name="Mesh Detail", default=0, min=0,
                                  max=int(protocol.SETTING_RANGES["mesh_resolution"].high),
-                                 description="Resolution of the grid the surfaces are extracted on (higher: finer, slower)")
+                                 description="Samples per axis of the grid the surfaces are extracted on (higher: finer, "
+                                             f"slower; at least {int(protocol.SETTING_RANGES['mesh_resolution'].low)}; "
+                                             "0: the model's default)")
     scene_size_m: FloatProperty(name="Scene Size", default=0.0, min=0.0, max=protocol.SETTING_RANGES["scene_size_m"].high,
                                 unit="LENGTH", description="Width of the generated scene in metres (0: automatic)")
     error: StringProperty(name="Error")
@@ -70,7 +72,7 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
             "guidance_scale": self.guidance_scale if self.custom_guidance else None,
             "seed": self.seed,
             "mi_blocks": parse_blocks(self.mi_blocks),
-            "mesh_resolution": self.mesh_resolution,
+            "mesh_resolution": self.mesh_resolution or None,
             "scene_size_m": self.scene_size_m or None,
             "model": self.model.strip() or None,
         }

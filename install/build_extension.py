@@ -31,6 +31,16 @@ def manifest_version() -> str:
     return match.group(1)
 
 
+def sources_digest() -> str:
+    """sha256 of everything the extension is built from: unchanged sources need no new build or install."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in [MANIFEST, PROTOCOL, *sorted(ADDON_DIR.glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def stage(dest: Path) -> Path:
     """Copy manifest + add-on sources + the vendored protocol.py into `dest` (the package root)."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,16 @@ fi
 
 target="$repo"
 [ -n "$extras" ] && target="$repo[$extras]"
-say "installing the scenewright package${extras:+ with extras [$extras]}"
-"${pip[@]}" -e "$target"
+# An editable install follows code changes by itself: install again only when the dependencies may have changed.
+stamp="$venv/.scenewright-install-${extras:-base}"
+wanted="$("$py" -c "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read() + sys.argv[2].encode()).hexdigest())" "$repo/pyproject.toml" "$repo")"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && "$py" -c "import scenewright" 2>/dev/null; then
+  say "the scenewright package is installed and its dependencies are unchanged"
+else
+  say "installing the scenewright package${extras:+ with extras [$extras]}"
+  "${pip[@]}" -e "$target"
+  printf '%s\n' "$wanted" > "$stamp"
+fi
 say "environment ready: $venv (python: $py)"
 
 if [ "${SCENEWRIGHT_EXTENSION:-1}" = 1 ]; then

@@ -30,3 +30,40 @@ def golden_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"MIDI-3D goldens not found at {path}")
     return path
+
+
+def make_tiny_codec_model(folder: Path, seed: int = 0) -> Path:
+    """A model folder of the default model's kind with random DiT and condition-encoder weights and a
+    small shape codec fitted on procedural shapes: real meshes, real plumbing, meaningless placement."""
+    import dataclasses
+
+    import numpy as np
+
+    from scenewright.data.shapes import make_shape
+    from scenewright.loading import save_pipeline
+    from scenewright.models.presets import DEFAULT_MODEL, build_codec_model
+    from scenewright.models.shape_codec import BoxPose, ShapeCodecConfig
+    from scenewright.pipeline import OPTIONS_KEY, PipelineOptions
+    from scenewright.training.shape_grids import fit_codec, sdf_grid
+
+    rng = np.random.default_rng(seed)
+    grids, poses = [], []
+    for k in range(12):
+        mesh = make_shape(["box", "table", "chair", "sphere", "lamp", "cabinet"][k % 6], rng).mesh
+        low, high = mesh.bounds
+        grids.append(sdf_grid((np.asarray(mesh.vertices) - (low + high) / 2) / (high - low), mesh.faces, 16, 0.1, rng).ravel())
+        poses.append(BoxPose(rng.normal(size=3) * 0.3, np.exp(rng.normal(size=3) * 0.2) * 0.4, 0.1 * k - 0.5).to_vector())
+    codec_config = ShapeCodecConfig(grid_resolution=16, num_components=8, tokens=2, channels=8)
+    preset = dataclasses.replace(DEFAULT_MODEL, shape_codec=codec_config, transformer=dataclasses.replace(
+        DEFAULT_MODEL.transformer, width=64, num_layers=5, num_attention_heads=4, latent_positions=2))
+    components = build_codec_model(preset, seed=seed)
+    components["shape_codec"] = fit_codec(np.stack(grids), np.stack(poses), codec_config)
+    options = PipelineOptions(frame="view", num_tokens=2, steps=4, guidance_scale=3.0, mi_blocks=[1, 2, 3],
+                              mesh_resolution=16, refine_poses=True)
+    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_codec_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_codec_model(tmp_path_factory.mktemp("models") / "tiny-codec")

@@ -71,13 +71,13 @@ def test_end_to_end_case_matches_reference(midi_tiny: ScenePipeline, golden_dir:
     # The reference's progressive decoding at octree depth 4 and its box filter, on our VAE.
     box = ((-1.005,) * 3, (1.005,) * 3)
     first = torch.from_numpy(dense_grid_points(*box, 16)).expand(3, -1, -1)
-    values = midi_tiny.vae.decode(case["final_latents"], first)
+    values = midi_tiny.decoder.decode(case["final_latents"], first)
     for row in range(3):
         low, high = progressive_bbox(first[row], values[row], *box)
         np.testing.assert_allclose(low, case["decoded_bbox_min"][row].numpy(), atol=1e-5)
         np.testing.assert_allclose(high, case["decoded_bbox_max"][row].numpy(), atol=1e-5)
         second = torch.from_numpy(dense_grid_points(low, high, 16))[None]
-        logits = midi_tiny.vae.decode(case["final_latents"][row : row + 1], second)
+        logits = midi_tiny.decoder.decode(case["final_latents"][row : row + 1], second)
         torch.testing.assert_close(logits[0], case["decoded_logits_progressive_d4"][row, :, 0], atol=1e-4, rtol=0)
         smoothed = box_smooth(logits.reshape(17, 17, 17))
         torch.testing.assert_close(smoothed.reshape(17, 17, 17), case["decoded_smoothed_grid"][row], atol=1e-4, rtol=0)
@@ -162,3 +162,22 @@ def test_generate_accepts_real_midi_inputs(tiny_random: ScenePipeline, shared_di
     expected = len(instances_from_seg(seg))
     result = tiny_random.generate(Image.open(rgb), seg, GenerationSettings(steps=1, mesh_resolution=32))
     assert len(result.instances) == expected
+
+
+def test_codec_model_generates_placed_instances(tiny_codec_model: Path, repo_root: Path) -> None:
+    """The default model's kind end to end: condition encoder, DiT, shape codec meshes, camera, pose refinement."""
+    pipe = ScenePipeline.from_pretrained(tiny_codec_model, device="cpu")
+    assert type(pipe.decoder).__name__ == "ShapeCodec" and pipe.options.refine_poses
+    example = repo_root / "backend" / "scenewright" / "assets" / "examples" / "desk"
+    seg = Image.open(example / "seg.png")
+    result = pipe.generate(Image.open(example / "image.png"), seg, GenerationSettings(seed=1))
+    ids = [m.id for m in instances_from_seg(seg)]
+    assert [i.id for i in result.instances] == ids
+    assert all(not i.empty for i in result.instances)
+    assert result.camera is not None and set(result.supports) == set(ids)
+    for inst in result.instances:
+        assert abs(float(inst.scene_vertices()[:, 2].min())) < 1e-3 or result.supports[inst.id] is not None
+    same = pipe.generate(Image.open(example / "image.png"), seg, GenerationSettings(seed=1))
+    assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(result.instances, same.instances))
+    with pytest.raises(GenerationCancelled):
+        pipe.generate(Image.open(example / "image.png"), seg, GenerationSettings(steps=2), should_cancel=lambda: True)

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=None, dest="guidance_scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mi-blocks", type=int, nargs="*", default=None, help="blocks with multi-instance attention (default: the model's)")
-    parser.add_argument("--mesh-resolution", type=int, default=128)
+    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes samples per axis (default: the model's)")
     parser.add_argument("--scene-size", type=float, default=None, dest="scene_size_m", help="scene width in metres")
     return parser
 

@@ -89,6 +89,14 @@ _REGISTRY: dict[str, _Kind] = {
         "scenewright.models.image_encoders", "Dinov2Config", "Dinov2Model", "config.json",
         "model.safetensors", model_type="dinov2",
     ),
+    "ShapeCodec": _Kind(
+        "scenewright.models.shape_codec", "ShapeCodecConfig", "ShapeCodec", "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ),
+    "BlockoutConditionEncoder": _Kind(
+        "scenewright.models.condition_encoder", "ConditionEncoderConfig", "BlockoutConditionEncoder", "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ),
     "CLIPImageProcessor": _Kind(
         "scenewright.image_processing", "ImageProcessorConfig", None, "preprocessor_config.json"
     ),

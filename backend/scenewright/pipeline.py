@@ -1,9 +1,15 @@
 """The multi-instance scene pipeline: image + instance masks -> placed meshes.
 
-Stages: preprocess (MIDI conditions) -> encode (CLIP + 7-channel DINOv2) ->
-denoise (all instances and both CFG halves in one batched DiT call per step,
-multi-instance attention in the chosen blocks) -> decode (VAE field,
-coarse-to-fine marching cubes) -> place (camera solve, ground, scale).
+Stages: preprocess -> encode (the model's conditions: MIDI-3D's CLIP + 7-channel DINOv2,
+or the default model's condition encoder) -> denoise (all instances and both CFG halves
+in one batched DiT call per step, multi-instance attention in the chosen blocks) ->
+decode (the model's decoder: MIDI-3D's VAE field with coarse-to-fine marching cubes, or
+the default model's shape codec) -> place (camera solve, ground, scale, and for models
+that generate poses a per-instance pose refinement against the masks).
+
+Two interfaces make the model kinds interchangeable here: a conditioner
+`encode(image, masks) -> (emb1, emb2)` and a decoder `meshes(latents, resolution,
+check_cancel) -> [mesh | None]`; model_index.json's components say which a model has.
 """
 
 from __future__ import annotations
@@ -42,7 +48,28 @@ class PipelineOptions(ConfigMixin):
     steps: int = 50
     guidance_scale: float = 7.0
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
-    bbox: float = 1.005  # the decoder field is meshed in [-bbox, bbox]^3
+    mesh_resolution: int = 128  # marching-cubes samples per axis when the request gives none
+    refine_poses: bool = False  # fit each instance's pose to its mask after the camera solve
+
+
+class MidiConditions:
+    """MIDI-3D's conditions: CLIP embedding of each instance image, DINOv2 tokens of [instance, scene, mask]."""
+
+    def __init__(self, components: dict[str, Any]) -> None:
+        self.image_encoder_1 = components["image_encoder_1"]
+        self.image_encoder_2 = components["image_encoder_2"]
+        self.feature_extractor_1 = components["feature_extractor_1"]
+        self.feature_extractor_2 = components["feature_extractor_2"]
+        self.modules = [self.image_encoder_1, self.image_encoder_2]
+
+    @torch.no_grad()
+    def encode(self, image: Image.Image, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instance RGB -> CLIP embedding (N, 1, D1); [instance RGB, scene RGB, mask] -> DINOv2 tokens (N, L, D2)."""
+        clip_pixels, dino_pixels = build_conditions(image, list(masks), self.feature_extractor_1, self.feature_extractor_2)
+        weight = next(self.image_encoder_1.parameters())
+        emb1 = self.image_encoder_1(clip_pixels.to(weight.device, weight.dtype)).unsqueeze(1)
+        emb2 = self.image_encoder_2(dino_pixels.to(weight.device, weight.dtype))
+        return emb1, emb2
 
 
 
@@ -91,15 +118,17 @@ class ScenePipeline:
 
     def __init__(self, components: dict[str, Any], options: PipelineOptions, source: str = "") -> None:
         self.transformer = components["transformer"]
-        self.vae = components["vae"]
         self.scheduler = components["scheduler"]
-        self.image_encoder_1 = components["image_encoder_1"]
-        self.image_encoder_2 = components["image_encoder_2"]
-        self.feature_extractor_1 = components["feature_extractor_1"]
-        self.feature_extractor_2 = components["feature_extractor_2"]
+        if "condition_encoder" in components:
+            self.conditioner = components["condition_encoder"]
+            modules = [self.conditioner]
+        else:
+            self.conditioner = MidiConditions(components)
+            modules = self.conditioner.modules
+        self.decoder = components["shape_codec"] if "shape_codec" in components else components["vae"]
         self.options = options
         self.source = source
-        for module in (self.transformer, self.vae, self.image_encoder_1, self.image_encoder_2):
+        for module in (self.transformer, self.decoder, *modules):
             module.eval().requires_grad_(False)
 
     @classmethod
@@ -129,14 +158,10 @@ class ScenePipeline:
 
     # ---- stages -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def encode_conditions(self, image: Image.Image, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instance RGB -> CLIP embedding (N, 1, D1); [instance RGB, scene RGB, mask] -> DINOv2 tokens (N, L, D2)."""
-        clip_pixels, dino_pixels = build_conditions(image, list(masks), self.feature_extractor_1, self.feature_extractor_2)
-        enc_dtype = next(self.image_encoder_1.parameters()).dtype
-        emb1 = self.image_encoder_1(clip_pixels.to(self.device, enc_dtype)).unsqueeze(1)
-        emb2 = self.image_encoder_2(dino_pixels.to(self.device, enc_dtype))
-        return emb1.to(self.dtype), emb2.to(self.dtype)
+        """The model's image conditions of every instance, in the DiT's dtype."""
+        emb1, emb2 = self.conditioner.encode(image, list(masks))
+        return emb1.to(self.device, self.dtype), emb2.to(self.device, self.dtype)
 
     def prepare_latents(self, num_instances: int, seed: int) -> torch.Tensor:
         """Independent noise per instance, drawn on the CPU in float32 so results match across devices."""
@@ -181,22 +206,15 @@ class ScenePipeline:
                 progress("denoise", i + 1, steps)
         return latents
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, resolution: int,
+    def decode(self, latents: torch.Tensor, resolution: int | None = None,
                should_cancel: CancelFn | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        """VAE field of every instance at once -> one mesh per instance (None when the field has no surface)."""
-        from .meshing import extract_meshes
+        """One mesh per instance in the model's native frame (None where it has no surface)."""
 
-        kv = self.vae.decoder_kv(latents.to(next(self.vae.parameters()).dtype))
-
-        def field_fn(points: torch.Tensor) -> torch.Tensor:
+        def check_cancel() -> None:
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled()
-            return self.vae.query(kv, points.to(self.device, torch.float32)).float()  # coordinates stay fp32
 
-        bound = self.options.bbox
-        extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-bound,) * 3, (bound,) * 3)
-        return [None if m is None else (m.vertices, m.faces) for m in extraction.meshes]
+        return self.decoder.meshes(latents, resolution or self.options.mesh_resolution, check_cancel)
 
     # ---- the whole job ------------------------------------------------------------------
 
@@ -245,7 +263,8 @@ class ScenePipeline:
         labels = labels or {}
         # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
         solve_yaw = self.options.frame == "midi"
-        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw)
+        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw,
+                                             self.options.refine_poses)
         timings["place"] = time.perf_counter() - clock
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
                  "native": self.options.frame}
@@ -299,15 +318,22 @@ def _place(
     scene_size_m: float | None,
     labels: dict[int, str],
     solve_yaw: bool,
+    refine: bool,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """Camera solve, ground and scale; instances without a surface stay empty and unplaced."""
-    from .placement import CameraSolveConfig, place_scene
+    """Camera solve, [pose refinement], ground and scale; instances without a surface stay empty and unplaced."""
+    from .placement import CameraSolveConfig, place_scene, refine_poses, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     if all(mesh is None for mesh in meshes):
         return [GeneratedInstance(i.id, labels.get(i.id), *empty) for i in instances], None, {}
-    placement = place_scene(meshes, [i.mask for i in instances], image_size, scene_size_m, ids=[i.id for i in instances],
-                            config=CameraSolveConfig(solve_yaw=solve_yaw))
+    masks = [i.mask for i in instances]
+    config = CameraSolveConfig(solve_yaw=solve_yaw)
+    camera = None
+    if refine:
+        camera, _ = solve_camera(meshes, masks, image_size, config)
+        meshes = refine_poses(meshes, masks, camera)
+    placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
+                            config=config)
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)

@@ -318,6 +318,47 @@ def solve_camera(
     return camera, diagnostics
 
 
+def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], camera: Camera,
+                 evaluations: int = 40, max_faces: int = 1500) -> list[Mesh | None]:
+    """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a uniform
+    scale about its bottom centre and a turn about its vertical axis (so its contact height is kept).
+
+    Nelder-Mead on 1 - IoU of silhouette and mask, silhouette pixels on other instances'
+    masks ignored (it may be hidden there), started at the generated pose; a pose is kept
+    only when it fits better. For models that generate poses, whose camera solve leaves
+    each instance a little off its mask. Meshes are in the camera's frame.
+    """
+    all_masks = [np.asarray(m, bool) for m in masks]
+    others = _others(all_masks, all_masks)
+    out = list(meshes)
+    for i, mesh in enumerate(meshes):
+        if not _usable(mesh) or not all_masks[i].any():
+            continue
+        vertices, faces = np.asarray(mesh[0], np.float64), np.asarray(mesh[1], np.int64)
+        low = _decimate(vertices, faces, max_faces)
+        scorer = _SpanScorer([all_masks[i]], [others[i]])
+        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+        size = max(float((hi - lo).max()), 1e-12)
+        pivot = np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, lo[2]])
+
+        def moved(x: np.ndarray, points: np.ndarray) -> np.ndarray:
+            c, s = math.cos(x[3]), math.sin(x[3])
+            turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            return ((points - pivot) @ turn.T) * math.exp(x[2]) + pivot + np.array([x[0], x[1], 0.0]) * size
+
+        def loss(x: np.ndarray) -> float:
+            iou = scorer.ious(silhouette_spans([(moved(x, low[0]), low[1])], camera))[0]
+            return 1.0 - float(iou) + 0.01 * float(np.sum(x**2))
+
+        start = np.zeros(4)
+        simplex = np.vstack([start] + [np.eye(4)[k] * step for k, step in enumerate((0.05, 0.05, 0.05, 0.15))])
+        result = minimize(loss, start, method="Nelder-Mead",
+                          options={"maxfev": evaluations, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-4})
+        if result.fun < loss(start):
+            out[i] = (moved(result.x, vertices), faces)
+    return out
+
+
 def _framing_camera(vertices: np.ndarray, cfg: CameraSolveConfig, image_size: tuple[int, int]) -> Camera:
     """No mesh has a mask to fit: a camera at the prior pitch and fov that frames the scene's bounding sphere."""
     lo, hi = vertices.min(axis=0), vertices.max(axis=0)

@@ -80,7 +80,7 @@ class GenerationSettings:
     guidance_scale: float | None = None
     seed: int = 0
     mi_blocks: list[int] | None = None
-    mesh_resolution: int = 128
+    mesh_resolution: int | None = None
     scene_size_m: float | None = None
     model: str | None = None
 

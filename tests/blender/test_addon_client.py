@@ -150,3 +150,17 @@ def test_unload_frees_the_model_and_load_brings_it_back(client):
     model_id = client.models()["models"][0]["id"]
     assert client.unload_model().model is None and client.models()["loaded"] is None
     assert client.load_model(model_id).model == model_id
+
+
+def test_a_backend_that_cannot_start_says_why(addon, tmp_path):
+    """The service's own message (here: a model that does not exist), not a guess about the environment."""
+    from scenewright_addon.backend_process import LocalBackend
+    from scenewright_addon.client import BackendError
+
+    local = LocalBackend(sys.executable, tmp_path / "data", model=str(tmp_path / "no-such-model"), device="cpu",
+                         startup_timeout=120)
+    with pytest.raises(BackendError) as info:
+        local.start()
+    message = str(info.value)
+    assert message.startswith("the backend did not start: ") and "no-such-model" in message
+    assert "Is scenewright installed" not in message

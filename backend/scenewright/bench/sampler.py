@@ -152,7 +152,7 @@ def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance
     synchronize(device)
     times["denoise_s"] = time.perf_counter() - clock
 
-    give_random_field_a_surface(pipe.vae, latents)
+    give_random_field_a_surface(pipe.decoder, latents)
     clock = time.perf_counter()
     meshes = pipe.decode(latents, resolution)
     synchronize(device)

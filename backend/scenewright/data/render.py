@@ -237,7 +237,9 @@ def render_case(scene: SceneDescription, out_dir: Path, samples: int = 8, thread
     for k, (i, obj) in enumerate(zip(keep, kept), start=1):
         world_meshes[i].export(out_dir / "instances" / f"{k}.ply", file_type="ply", encoding="binary")
         instances.append({"id": k, "label": obj.label, "mesh": f"instances/{k}.ply",
-                          "support": new_id.get(obj.support) if obj.support is not None else None})
+                          "support": new_id.get(obj.support) if obj.support is not None else None,
+                          # the object's own frame (resting on z = 0, front -Y) -> world: training reads shapes in it
+                          "matrix_world": np.asarray(obj.matrix_world, dtype=np.float64).tolist()})
     case = {
         "format": CASE_FORMAT,
         "camera": scene.camera.to_dict(),
@@ -257,7 +259,8 @@ def render_case(scene: SceneDescription, out_dir: Path, samples: int = 8, thread
         "fill": round(float(scene.fill), 3),
         "dropped": len(scene.objects) - len(keep),
         "instances": [
-            dict(inst, pixels=int(counts[k]), visible_fraction=round(float(counts[k] / max(full[i], 1)), 3))
+            {**{key: v for key, v in inst.items() if key != "matrix_world"}, "pixels": int(counts[k]),
+             "visible_fraction": round(float(counts[k] / max(full[i], 1)), 3)}
             for k, (i, inst) in enumerate(zip(keep, instances), start=1)
         ],
         "render_s": round(time.perf_counter() - start, 2),

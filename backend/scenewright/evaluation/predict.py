@@ -132,7 +132,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--mi-blocks", type=int, nargs="*", default=None, help="multi-instance blocks; give none for K = 0")
-    parser.add_argument("--mesh-resolution", type=int, default=GenerationSettings.mesh_resolution)
+    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes samples per axis (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
     return parser.parse_args(argv)

@@ -31,6 +31,9 @@ class TripoSGDiTConfig(ConfigMixin):
     cross_attention_dim: int = 768
     # None: the single-cross-attention TripoSG variant (no attn2_2 / norm2_2)
     cross_attention_2_dim: int | None = None
+    # a learned position per latent token, for latents whose tokens mean different things (the default
+    # model's pose + shape layout); None: an unordered token set (TripoSG, MIDI-3D), no parameter
+    latent_positions: int | None = None
 
 
 def timestep_features(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -107,6 +110,10 @@ class TripoSGDiTModel(nn.Module):
         width = config.width
         self.time_proj = TimestepEmbedding(width, 4 * width, width)
         self.proj_in = nn.Linear(config.in_channels, width)
+        if config.latent_positions is not None:
+            self.latent_position = nn.Parameter(torch.randn(config.latent_positions, width) * 0.02)
+        else:
+            self.latent_position = None
         self.blocks = nn.ModuleList(
             [DiTBlock(config, skip=i > config.num_layers // 2) for i in range(config.num_layers)]
         )
@@ -149,7 +156,12 @@ class TripoSGDiTModel(nn.Module):
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
         temb = timestep_features(timestep, self.config.width).to(hidden_states.dtype)
         temb = self.time_proj(temb).unsqueeze(1)
-        x = torch.cat([temb, self.proj_in(hidden_states)], dim=1)
+        tokens_in = self.proj_in(hidden_states)
+        if self.latent_position is not None:
+            if tokens != len(self.latent_position):
+                raise ValueError(f"this model has {len(self.latent_position)} latent tokens, got {tokens}")
+            tokens_in = tokens_in + self.latent_position.to(tokens_in.dtype)
+        x = torch.cat([temb, tokens_in], dim=1)
         middle = self.config.num_layers // 2
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):

@@ -1,9 +1,12 @@
 """Named model sizes, so tests, benchmarks and training build the same architectures.
 
 - "tiny": the size of the MIDI-3D golden replica; random weights make a test model in a second.
-- "small": the default model this project trains and ships: the same classes at a size that
-  samples a 4-instance scene on a 2-core CPU in about 30 s (measurements in docs/training.md).
+- "small": the MIDI-3D classes at a size a GPU could train from scratch (the vecset-VAE route of
+  docs/training.md).
 - "full": the released MIDI-3D sizes (TripoSG DiT 2048 x 21 blocks, ViT-L CLIP, DINOv2-L with 7 channels).
+
+`DEFAULT_MODEL` is the architecture of the model this project trains on a CPU and ships: the
+same TripoSG DiT over shape-codec latents, with the CPU-sized condition encoder.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import torch
 
 from ..image_processing import ImageProcessorConfig
 from ..schedulers.rectified_flow import RectifiedFlowScheduler, RectifiedFlowSchedulerConfig
+from .condition_encoder import BlockoutConditionEncoder, ConditionEncoderConfig
 from .dit import TripoSGDiTConfig, TripoSGDiTModel
+from .shape_codec import ShapeCodecConfig
 from .image_encoders import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 from .vae import TripoSGVAEConfig, TripoSGVAEModel
 
@@ -56,6 +61,41 @@ PRESETS: dict[str, ModelPreset] = {
         image_size=224,
     ),
 }
+
+
+@dataclass
+class CodecModelPreset:
+    """The default model's architecture: DiT, condition encoder and the shape codec's layout."""
+
+    transformer: TripoSGDiTConfig
+    condition_encoder: ConditionEncoderConfig
+    shape_codec: ShapeCodecConfig
+    scheduler_shift: float = 1.0
+
+
+def _default_model() -> CodecModelPreset:
+    condition, codec = ConditionEncoderConfig(), ShapeCodecConfig()
+    transformer = TripoSGDiTConfig(num_attention_heads=8, width=256, in_channels=codec.channels, num_layers=8,
+                                   cross_attention_dim=condition.global_dim,
+                                   cross_attention_2_dim=condition.token_dim, latent_positions=codec.tokens)
+    return CodecModelPreset(transformer, condition, codec)
+
+
+DEFAULT_MODEL = _default_model()
+
+
+def build_codec_model(preset: CodecModelPreset = DEFAULT_MODEL, seed: int = 0,
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Randomly initialised DiT and condition encoder plus the scheduler of the default model's kind
+    (the shape codec is fitted, not initialised: training adds it)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        components: dict[str, Any] = {
+            "transformer": TripoSGDiTModel(preset.transformer),
+            "condition_encoder": BlockoutConditionEncoder(preset.condition_encoder),
+        }
+    components["scheduler"] = RectifiedFlowScheduler(RectifiedFlowSchedulerConfig(shift=preset.scheduler_shift))
+    return components
 
 
 def feature_extractor_configs(image_size: int) -> tuple[ImageProcessorConfig, ImageProcessorConfig]:

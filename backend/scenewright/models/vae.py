@@ -9,6 +9,7 @@ are NEGATIVE inside the shape (the reference multiplies its network output by -1
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +17,10 @@ from torch import nn
 
 from ..config import ConfigMixin
 from .attention import Attention, FeedForward, FP32LayerNorm
+
+
+# The field is meshed in [-MESH_BOX, MESH_BOX]^3: the reference's bounds (its shapes fill [-1, 1]^3).
+MESH_BOX = 1.005
 
 
 @dataclass
@@ -147,6 +152,25 @@ class TripoSGVAEModel(nn.Module):
         """Field values (B,P) at points (B,P,3), queried in chunks of `chunk_size` points."""
         kv = self.decoder_kv(latents)
         return torch.cat([self.query(kv, chunk) for chunk in points.split(chunk_size, dim=1)], dim=1)
+
+    @torch.no_grad()
+    def meshes(self, latents: torch.Tensor, resolution: int,
+               check_cancel: Callable[[], None] | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The field of every latent at once, meshed coarse-to-fine in [-MESH_BOX, MESH_BOX]^3 (None: no surface).
+
+        `check_cancel` runs before every chunk of decoder queries and raises to stop.
+        """
+        from ..meshing import extract_meshes
+
+        kv = self.decoder_kv(latents.to(self.post_quant.weight.dtype))
+
+        def field_fn(points: torch.Tensor) -> torch.Tensor:
+            if check_cancel is not None:
+                check_cancel()
+            return self.query(kv, points.to(kv.device, torch.float32)).float()  # coordinates stay fp32
+
+        extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-MESH_BOX,) * 3, (MESH_BOX,) * 3)
+        return [None if m is None else (m.vertices, m.faces) for m in extraction.meshes]
 
     # --- encoding -------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ import trimesh
 
 from ..config import ConfigMixin
 from ..image_processing import ImageProcessorConfig, build_conditions
+
+if TYPE_CHECKING:
+    from ..models.condition_encoder import ConditionEncoderConfig
 
 SCENE_HALF_EXTENT = 0.9  # the normalised scene box is [-0.9, 0.9] on its longest side; the VAE box is 1.005
 LATENTS_FILE = "latents.npz"
@@ -212,6 +215,56 @@ def scene_rows(shard: dict[str, np.ndarray], scene: int) -> slice:
     """Instance rows of scene `scene` in a DiT shard's per-instance arrays."""
     starts = np.concatenate([[0], np.cumsum(shard["num_instances"])])
     return slice(int(starts[scene]), int(starts[scene + 1]))
+
+
+# ---- scene data of the default model (shape codec + condition encoder) --------------------------
+
+
+def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", resolution: int, truncation: float,
+                  seed: int = 0) -> dict[str, np.ndarray] | None:
+    """One rendered case -> the condition encoder's inputs and each visible instance's pose and SDF grid.
+
+    Needs the per-instance `matrix_world` that `make-data` writes into scene.json (the
+    object's own frame); benchmark cases lack it and are not training data. None when no
+    instance is visible.
+    """
+    import json
+
+    from PIL import Image
+
+    from ..camera import view_frame_transform
+    from ..evaluation.cases import load_case, read_mesh
+    from ..models.condition_encoder import prepare_conditions
+    from .shape_grids import canonical_object, sdf_grid
+
+    case_dir = Path(case_dir)
+    case = load_case(case_dir)
+    entries = {int(e["id"]): e for e in json.loads((case_dir / "scene.json").read_text())["instances"]}
+    visible = [inst for inst in case.instances if (case.seg == inst.id).any()]
+    if not visible:
+        return None
+    if any("matrix_world" not in entries[inst.id] for inst in visible):
+        raise ValueError(f"{case_dir}: scene.json has no matrix_world per instance (render it with scenewright make-data)")
+    image = np.asarray(Image.open(case.image_path).convert("RGB"))
+    inputs = prepare_conditions(image, [case.seg == inst.id for inst in visible], condition)
+    to_view = view_frame_transform(case.camera.matrix_world)
+    norm = SceneNormalization.fit([inst.mesh[0] for inst in visible])
+    rng = np.random.default_rng([seed, 3])
+    poses, grids = [], []
+    for inst in visible:
+        world, faces = read_mesh(case_dir / entries[inst.id]["mesh"])
+        obj = canonical_object(world, faces, np.asarray(entries[inst.id]["matrix_world"]), to_view, norm.center, norm.scale)
+        poses.append(obj.pose.to_vector())
+        grids.append(sdf_grid(obj.unit_vertices, obj.faces, resolution, truncation, rng).reshape(-1))
+    return {
+        "num_instances": np.array([len(visible)], dtype=np.int64),
+        "scene": inputs.scene[None],
+        "masks": inputs.masks,
+        "crops": inputs.crops,
+        "boxes": inputs.boxes,
+        "poses": np.asarray(poses, np.float32),
+        "grids": np.asarray(grids, np.float16),
+    }
 
 
 # ---- shards ----------------------------------------------------------------------------------

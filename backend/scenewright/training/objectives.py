@@ -129,20 +129,79 @@ def standardize_latents(vae: TripoSGVAEModel, means: torch.Tensor) -> tuple[torc
     return mu.float(), std.float()
 
 
+class MidiBatches:
+    """Conditions and targets of the MIDI-structured route: CLIP and 7-channel DINO crops of DiT shards,
+    VAE latents; both image encoders train jointly."""
+
+    def __init__(self, clip: nn.Module, dino: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
+                 fe1: ImageProcessorConfig, fe2: ImageProcessorConfig):
+        self.modules: dict[str, nn.Module] = {"image_encoder_1": clip, "image_encoder_2": dino}
+        self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
+
+    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clip_px, dino_px = [], []
+        for scene, rows in groups:
+            clip, dino = conditions(self.data, scene, self.fe1, self.fe2)
+            base = scene_rows(self.data, scene).start
+            clip_px.append(clip[rows.start - base : rows.stop - base])
+            dino_px.append(dino[rows.start - base : rows.stop - base])
+        emb1 = self.modules["image_encoder_1"](torch.cat(clip_px).to(device)).unsqueeze(1)
+        emb2 = self.modules["image_encoder_2"](torch.cat(dino_px).to(device))
+        x0 = torch.cat([self.latents[rows] for _, rows in groups])
+        return emb1, emb2, x0.to(device)
+
+
+class SceneBatches:
+    """Conditions and targets of the default model: the condition encoder's inputs from scene shards,
+    shape-codec latents; with probability `mirror` a scene is seen mirrored left-right (its image
+    inputs flipped, its latents those of the mirrored objects)."""
+
+    def __init__(self, encoder: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
+                 mirrored_latents: torch.Tensor, mirror: float):
+        self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
+        self.data, self.latents, self.mirrored, self.mirror = data, latents, mirrored_latents, mirror
+
+    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..models.condition_encoder import flip_conditions
+
+        scenes, masks, crops, boxes, index, x0 = [], [], [], [], [], []
+        for k, (scene, rows) in enumerate(groups):
+            tensors = (torch.from_numpy(self.data["scene"][scene][None]), torch.from_numpy(self.data["masks"][rows][:, None]),
+                       torch.from_numpy(self.data["crops"][rows]), torch.from_numpy(self.data["boxes"][rows]))
+            flip = rand.numpy.random() < self.mirror
+            if flip:
+                tensors = flip_conditions(*tensors)
+            for out, tensor in zip((scenes, masks, crops, boxes), tensors):
+                out.append(tensor)
+            index.append(torch.full((rows.stop - rows.start,), k, dtype=torch.long))
+            x0.append((self.mirrored if flip else self.latents)[rows])
+        scale = 1.0 / 255.0
+        emb1, emb2 = self.modules["condition_encoder"](
+            torch.cat(scenes).to(device).float() * scale, torch.cat(masks).to(device).float() * scale,
+            torch.cat(crops).to(device).float() * scale, torch.cat(boxes).to(device), torch.cat(index).to(device))
+        return emb1, emb2, torch.cat(x0).to(device)
+
+
 class DiTObjective:
     """MIDI's recipe: one timestep per scene, independent noise per instance, v = x0 - noise,
     conditions dropped (zeros) per scene for classifier-free guidance, and a share of
-    single-object batches with multi-instance attention off. Image encoders train jointly."""
+    single-object batches with multi-instance attention off. `batches` gives the conditions
+    (its encoders train jointly) and the clean latents of the chosen rows."""
 
-    def __init__(self, transformer: TripoSGDiTModel, clip: nn.Module, dino: nn.Module, data: dict[str, np.ndarray],
-                 latents: torch.Tensor, fe1: ImageProcessorConfig, fe2: ImageProcessorConfig, batch_size: int,
-                 mi_blocks: list[int], cfg_drop: float, single_fraction: float, logit_mean: float, logit_std: float):
-        self.modules: dict[str, nn.Module] = {"transformer": transformer, "image_encoder_1": clip, "image_encoder_2": dino}
-        self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
+    def __init__(self, transformer: TripoSGDiTModel, batches: MidiBatches | SceneBatches,
+                 num_instances: np.ndarray, batch_size: int, mi_blocks: list[int], cfg_drop: float,
+                 single_fraction: float, logit_mean: float, logit_std: float,
+                 token_weights: torch.Tensor | None = None):
+        self.modules: dict[str, nn.Module] = {"transformer": transformer, **batches.modules}
+        # per latent token loss weights (normalised to mean 1), e.g. to favour the pose token; None: all equal
+        self.token_weights = None if token_weights is None else token_weights / token_weights.mean()
+        self.batches = batches
         self.batch_size, self.mi_blocks = batch_size, mi_blocks
         self.cfg_drop, self.single_fraction = cfg_drop, single_fraction
         self.logit_mean, self.logit_std = logit_mean, logit_std
-        counts = data["num_instances"]
+        counts = np.asarray(num_instances)
         self.buckets = {int(n): np.flatnonzero(counts == n) for n in np.unique(counts)}
         self.starts = np.concatenate([[0], np.cumsum(counts)])
 
@@ -157,31 +216,27 @@ class DiTObjective:
         n = int(rand.numpy.choice(sizes, p=weights / weights.sum()))
         count = min(max(1, self.batch_size // n), len(self.buckets[n]))
         scenes = rand.numpy.choice(self.buckets[n], count, replace=False)
-        return [(int(s), scene_rows(self.data, int(s))) for s in scenes], n
+        return [(int(s), slice(int(self.starts[s]), int(self.starts[s + 1]))) for s in scenes], n
 
     def loss(self, rand: BatchRandom, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         groups, num_instances = self._pick(rand)
-        clip_px, dino_px, x0, keep = [], [], [], []
-        for scene, rows in groups:
-            clip, dino = conditions(self.data, scene, self.fe1, self.fe2)
-            base = scene_rows(self.data, scene).start
-            clip_px.append(clip[rows.start - base : rows.stop - base])
-            dino_px.append(dino[rows.start - base : rows.stop - base])
-            x0.append(self.latents[rows])
-            keep.append(torch.full((rows.stop - rows.start,), float(rand.numpy.random() >= self.cfg_drop)))
-        x0_t = torch.cat(x0)
+        keep = torch.cat([torch.full((rows.stop - rows.start,), float(rand.numpy.random() >= self.cfg_drop))
+                          for _, rows in groups]).to(device)
+        emb1, emb2, x0 = self.batches.batch(groups, rand, device)
         # one sigma per group of num_instances rows (logit-normal), repeated over its instances
         sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
         sigma = sigma.repeat_interleave(num_instances) if num_instances > 1 else sigma
-        noise = torch.randn(x0_t.shape, generator=rand.torch)
-        keep_t = torch.cat(keep).to(device)
-        x0_t, noise, sigma = x0_t.to(device), noise.to(device), sigma.to(device)
-        noisy = (1.0 - sigma[:, None, None]) * x0_t + sigma[:, None, None] * noise
+        noise = torch.randn(x0.shape, generator=rand.torch).to(device)
+        sigma = sigma.to(device)
+        noisy = (1.0 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         transformer = self.modules["transformer"]
         transformer.set_attention_layout(self.mi_blocks if num_instances > 1 else [])
-        emb1 = self.modules["image_encoder_1"](torch.cat(clip_px).to(device)).unsqueeze(1)
-        emb2 = self.modules["image_encoder_2"](torch.cat(dino_px).to(device))
-        emb1, emb2 = emb1 * keep_t[:, None, None], emb2 * keep_t[:, None, None]
+        emb1, emb2 = emb1 * keep[:, None, None], emb2 * keep[:, None, None]
         velocity = transformer(noisy, sigma * 1000.0, emb1, emb2, num_instances=num_instances)
-        loss = F.mse_loss(velocity.float(), x0_t - noise)
-        return loss, {"instances": float(num_instances), "rows": float(len(x0_t))}
+        error = (velocity.float() - (x0 - noise)).pow(2)
+        stats = {"instances": float(num_instances), "rows": float(len(x0))}
+        if self.token_weights is not None:
+            per_token = error.mean(dim=(0, 2)).detach()
+            stats.update({"loss_token0": float(per_token[0]), "loss_rest": float(per_token[1:].mean())})
+            error = error * self.token_weights.to(error.device)[None, :, None]
+        return error.mean(), stats

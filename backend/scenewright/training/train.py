@@ -1,4 +1,8 @@
-"""`scenewright train`: data preparation, the VAE and DiT stages, and export of the default model.
+"""`scenewright train`: the default model's recipe, and the stages of the vecset-VAE route (for a GPU).
+
+    scenewright train --recipe default --out RUN                      # the shipped model, on a CPU (recipe.py)
+
+The MIDI-structured route (vecset VAE + DiT with CLIP/DINO-style encoders; docs/training.md):
 
     scenewright train --stage vae-data --out DATA --seeds 0:2000      # procedural scenes, no rendering
     scenewright train --stage dit-data --out DATA --cases CASES       # rendered case folders
@@ -32,7 +36,7 @@ from torch import nn
 
 from ..config import ConfigMixin
 from . import data as D
-from .objectives import BatchRandom, DiTObjective, VAEObjective, encode_means, standardize_latents
+from .objectives import BatchRandom, DiTObjective, MidiBatches, SceneBatches, VAEObjective, encode_means, standardize_latents
 
 STAGES = ("vae-data", "dit-data", "vae", "dit")
 CONFIG_FILE = "training_config.json"
@@ -52,6 +56,7 @@ class TrainConfig(ConfigMixin):
     data: str = "data"
     preset: str = "small"
     vae: str | None = None  # dit: folder of the trained VAE (RUN/vae/final)
+    codec: str | None = None  # codec-dit: folder of the fitted shape codec (RUN/codec)
     device: str = "auto"
     seed: int = 0
     steps: int = 20000
@@ -75,6 +80,8 @@ class TrainConfig(ConfigMixin):
     mi_blocks: list[int] | None = None  # None: the transformer's default_mi_blocks(3)
     cfg_drop: float = 0.15
     single_fraction: float = 0.25
+    mirror: float = 0.0  # codec-dit: share of scenes seen mirrored left-right
+    pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
     logit_mean: float = 0.0
     logit_std: float = 1.0
     sample_steps: int = 16  # exported sampling defaults
@@ -276,6 +283,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     from ..models.presets import PRESETS, build_components, feature_extractor_configs
 
     device = resolve_device(cfg.device)
+    if cfg.stage == "codec-dit":
+        return _codec_dit_trainer(cfg, device)
     components = build_components(cfg.preset, seed=cfg.seed, device=device)
     if cfg.stage == "vae":
         data = D.load_shards(cfg.data, "vae")
@@ -300,9 +309,32 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     fe1, fe2 = feature_extractor_configs(image_size)
     transformer = components["transformer"]
     mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
-    objective = DiTObjective(transformer, components["image_encoder_1"], components["image_encoder_2"], data, latents,
-                             fe1, fe2, cfg.batch_size, mi_blocks, cfg.cfg_drop, cfg.single_fraction,
-                             cfg.logit_mean, cfg.logit_std)
+    batches = MidiBatches(components["image_encoder_1"], components["image_encoder_2"], data, latents, fe1, fe2)
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, mi_blocks, cfg.cfg_drop,
+                             cfg.single_fraction, cfg.logit_mean, cfg.logit_std)
+    return Trainer(cfg, objective, device)
+
+
+def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
+    """The default model's DiT and condition encoder over the shape codec's latents (training/recipe.py)."""
+    from ..models.presets import build_codec_model
+
+    if cfg.codec is None:
+        raise SystemExit("--stage codec-dit needs --codec FOLDER (the recipe's RUN/codec)")
+    components = build_codec_model(seed=cfg.seed, device=device)
+    data = D.load_shards(cfg.data, "scene")
+    with np.load(Path(cfg.codec) / "latents.npz") as cached:
+        latents, mirrored = torch.from_numpy(cached["latents"]), torch.from_numpy(cached["mirrored"])
+    if len(latents) != len(data["poses"]):
+        raise SystemExit(f"{cfg.codec} holds latents of {len(latents)} instances but {cfg.data} has "
+                         f"{len(data['poses'])}: refit the codec")
+    transformer = components["transformer"]
+    mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
+    batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror)
+    weights = torch.ones(transformer.config.latent_positions)
+    weights[0] = cfg.pose_weight
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, mi_blocks, cfg.cfg_drop,
+                             cfg.single_fraction, cfg.logit_mean, cfg.logit_std, token_weights=weights)
     return Trainer(cfg, objective, device)
 
 
@@ -343,20 +375,10 @@ def export_model(run: str | Path, folder: str | Path) -> Path:
     from ..pipeline import OPTIONS_KEY, PipelineOptions
 
     stage_dir = Path(run) / "dit"
-    checkpoint = latest_checkpoint(stage_dir)
-    if checkpoint is None:
-        raise SystemExit(f"no DiT checkpoint in {stage_dir}/checkpoints: train --stage dit first")
-    cfg = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    components = build_components(cfg.preset, seed=cfg.seed)
+    saved = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
+    components = build_components(saved.preset, seed=saved.seed)
     components["vae"] = load_component(stage_dir / "vae")
-    params = [p for name in state["models"] for p in components[name].parameters()]
-    for name, module in state["models"].items():
-        components[name].load_state_dict(module)
-    if state["ema"] is not None:
-        with torch.no_grad():
-            for param, value in zip(params, state["ema"]):
-                param.copy_(value)
+    cfg, step = _load_trained(stage_dir, components)
     transformer = components["transformer"]
     options = PipelineOptions(frame="view", num_tokens=cfg.num_tokens, steps=cfg.sample_steps,
                               guidance_scale=cfg.guidance_scale,
@@ -366,7 +388,48 @@ def export_model(run: str | Path, folder: str | Path) -> Path:
     folder = Path(folder)
     save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
     vae_summary = json.loads((Path(cfg.vae) / CONFIG_FILE).read_text()) if cfg.vae and (Path(cfg.vae) / CONFIG_FILE).exists() else None
-    summary = {"dit": cfg.to_dict(), "dit_step": state["step"], "vae": vae_summary}
+    summary = {"dit": cfg.to_dict(), "dit_step": step, "vae": vae_summary}
+    (folder / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return folder
+
+
+def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainConfig, int]:
+    """The latest checkpoint of a DiT stage into `components` (EMA weights when on); (its config, its step)."""
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is None:
+        raise SystemExit(f"no checkpoint in {stage_dir}/checkpoints: train that stage first")
+    cfg = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    params = [p for name in state["models"] for p in components[name].parameters()]
+    for name, module in state["models"].items():
+        components[name].load_state_dict(module)
+    if state["ema"] is not None:
+        with torch.no_grad():
+            for param, value in zip(params, state["ema"]):
+                param.copy_(value)
+    return cfg, int(state["step"])
+
+
+def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, Any] | None = None) -> Path:
+    """RUN/codec-dit (latest checkpoint, EMA weights) + RUN/codec -> the default model's folder."""
+    from ..loading import load_component, save_pipeline
+    from ..models.presets import build_codec_model
+    from ..pipeline import OPTIONS_KEY, PipelineOptions
+
+    components = build_codec_model()
+    cfg, step = _load_trained(Path(run) / "codec-dit", components)
+    components["shape_codec"] = load_component(cfg.codec)
+    transformer = components["transformer"]
+    options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=cfg.sample_steps,
+                              guidance_scale=cfg.guidance_scale,
+                              mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
+                              mesh_resolution=None)
+    for name in ("transformer", "condition_encoder", "shape_codec"):
+        components[name].to(EXPORT_DTYPE)
+    folder = Path(folder)
+    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
+    summary = {"recipe": recipe, "dit": cfg.to_dict(), "dit_step": step,
+               "codec": json.loads((Path(cfg.codec) / "fit.json").read_text())}
     (folder / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return folder
 
@@ -396,6 +459,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    if "--recipe" in argv:
+        from . import recipe
+
+        rest = list(argv)
+        at = rest.index("--recipe")
+        name = rest[at + 1] if at + 1 < len(rest) else ""
+        if name != "default":
+            print(f"scenewright train: unknown recipe {name!r} (known: default)", file=sys.stderr)
+            return 2
+        del rest[at : at + 2]
+        return recipe.main(rest)
     args = _parser().parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k not in ("export", "resume")}
     if args.export:

@@ -1,0 +1,164 @@
+"""A linear shape codec: box pose + PCA coefficients of a signed-distance grid -> a placed mesh.
+
+The default model's instance latent (docs/model-card.md). Each object is described in its
+canonical frame, the object's own frame (resting on z = 0, front towards -Y) turned by the
+multiple of 90 degrees about +Z that leaves a residual yaw in [-45, 45) degrees:
+
+- pose (8 numbers, in the scene's normalised view frame): the canonical box's centre (3),
+  the log of its extents (3) and (cos 4 yaw, sin 4 yaw) of the residual yaw. Turning a
+  box by 90 degrees and swapping its extents describes the same object, so restricting
+  the yaw to a quarter turn removes that ambiguity from the diffusion target; what is
+  left (the front of a chair facing one way or the other) is in the shape;
+- shape: the object normalised per axis to the unit cube [-1/2, 1/2]^3, as a signed
+  distance grid (negative inside), projected on a PCA basis and whitened, so every
+  coefficient has unit variance over the training objects.
+
+Both parts are standardised (zero mean, unit variance over the training set) and laid
+out as `tokens` x `channels` latent tokens: the pose first, then the coefficients.
+Decoding is linear up to marching cubes, so it needs no network and runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigMixin
+
+POSE_SIZE = 8
+Mesh = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class ShapeCodecConfig(ConfigMixin):
+    grid_resolution: int = 32  # samples per axis of the unit-cube grid (margins included)
+    num_components: int = 64
+    tokens: int = 9  # latent layout: tokens x channels = POSE_SIZE + num_components
+    channels: int = 8
+    truncation: float = 0.1  # signed distances are clamped to +-truncation (unit-cube units)
+    level: float = 0.0  # marching-cubes level of the decoded grid
+
+    def __post_init__(self) -> None:
+        if self.tokens * self.channels != POSE_SIZE + self.num_components:
+            raise ValueError(f"{self.tokens} x {self.channels} latent numbers do not hold a pose ({POSE_SIZE}) "
+                             f"and {self.num_components} shape coefficients")
+
+
+def grid_coordinates(resolution: int) -> np.ndarray:
+    """Sample positions along one axis of the unit cube: the cube's faces lie halfway between the outer samples."""
+    return ((np.arange(resolution) - (resolution - 1) / 2.0) / (resolution - 2)).astype(np.float64)
+
+
+def rotation_z(angle: float | np.ndarray) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    zero, one = np.zeros_like(c), np.ones_like(c)
+    return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], -2)
+
+
+@dataclass
+class BoxPose:
+    """An object's canonical box in the normalised view frame: vertices = rotation_z(yaw) @ (unit * extents) + centre."""
+
+    centre: np.ndarray  # (3,)
+    extents: np.ndarray  # (3,) positive
+    yaw: float  # radians, in [-pi/4, pi/4)
+
+    def to_vector(self) -> np.ndarray:
+        return np.concatenate([self.centre, np.log(self.extents), [math.cos(4 * self.yaw), math.sin(4 * self.yaw)]])
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray) -> "BoxPose":
+        v = np.asarray(vector, dtype=np.float64)
+        return cls(v[:3].copy(), np.exp(np.clip(v[3:6], -12.0, 3.0)), math.atan2(v[7], v[6]) / 4.0)
+
+    def apply(self, unit_vertices: np.ndarray) -> np.ndarray:
+        return (np.asarray(unit_vertices, np.float64) * self.extents) @ rotation_z(self.yaw).T + self.centre
+
+
+def canonical_quarter_turn(yaw: float) -> tuple[int, float]:
+    """yaw = k * pi/2 + residual with the residual in [-pi/4, pi/4): returns (k mod 4, residual)."""
+    k = math.floor((yaw + math.pi / 4) / (math.pi / 2))
+    residual = yaw - k * math.pi / 2
+    return k % 4, residual
+
+
+class ShapeCodec(nn.Module):
+    """Latents (N, tokens, channels) <-> (box pose, signed-distance grid); meshes by marching cubes.
+
+    Buffers: the PCA mean grid, the basis scaled by each component's standard deviation
+    (so whitened coefficients decode directly), and the pose standardisation.
+    """
+
+    def __init__(self, config: ShapeCodecConfig):
+        super().__init__()
+        self.config = config
+        cells = config.grid_resolution**3
+        self.register_buffer("mean_grid", torch.zeros(cells))
+        self.register_buffer("basis", torch.zeros(config.num_components, cells))
+        self.register_buffer("pose_mean", torch.zeros(POSE_SIZE))
+        self.register_buffer("pose_std", torch.ones(POSE_SIZE))
+
+    # ---- the latent layout ------------------------------------------------------------
+
+    def pack(self, poses: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Raw pose vectors (N, 8) + whitened coefficients (N, K) -> standardised latents (N, tokens, channels)."""
+        standard = (poses.float() - self.pose_mean.float()) / self.pose_std.float()
+        flat = torch.cat([standard, coefficients.float()], dim=1)
+        return flat.view(-1, self.config.tokens, self.config.channels)
+
+    def unpack(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents -> (raw pose vectors (N, 8), whitened coefficients (N, K)), float32."""
+        flat = latents.float().reshape(latents.shape[0], -1)
+        poses = flat[:, :POSE_SIZE] * self.pose_std.float() + self.pose_mean.float()
+        return poses, flat[:, POSE_SIZE:]
+
+    # ---- grids --------------------------------------------------------------------------
+
+    def project(self, grids: torch.Tensor) -> torch.Tensor:
+        """Signed-distance grids (N, R^3) -> whitened coefficients (N, K) (least squares on the basis)."""
+        basis = self.basis.float()
+        centred = grids.float().reshape(grids.shape[0], -1) - self.mean_grid.float()
+        return torch.linalg.solve(basis @ basis.T, basis @ centred.T).T
+
+    def grids(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Whitened coefficients (N, K) -> signed-distance grids (N, R, R, R) in unit-cube units."""
+        r = self.config.grid_resolution
+        flat = self.mean_grid.float() + coefficients.float() @ self.basis.float()
+        return flat.view(-1, r, r, r)
+
+    # ---- meshes -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def meshes(self, latents: torch.Tensor, resolution: int | None = None,
+               check_cancel: Callable[[], None] | None = None) -> list[Mesh | None]:
+        """One placed mesh per latent (normalised view frame), None where the grid has no surface.
+
+        `resolution` resamples the grid trilinearly to that many samples per axis before
+        marching cubes (smoother, denser meshes); None keeps the codec's own grid.
+        `check_cancel` is called between instances and raises to stop.
+        """
+        from ..meshing import grid_to_mesh
+
+        poses, coefficients = self.unpack(latents)
+        grids = self.grids(coefficients)
+        native = self.config.grid_resolution
+        if resolution is not None and resolution != native:
+            grids = nn.functional.interpolate(grids[:, None], size=(resolution,) * 3, mode="trilinear",
+                                              align_corners=True)[:, 0]
+        half = float(grid_coordinates(native)[-1])  # a resampled grid spans the same box
+        out: list[Mesh | None] = []
+        for pose, grid in zip(poses.cpu().numpy(), grids.cpu().numpy()):
+            if check_cancel is not None:
+                check_cancel()
+            mesh = grid_to_mesh(grid, (-half,) * 3, (half,) * 3, level=self.config.level)
+            if mesh is None:
+                out.append(None)
+                continue
+            vertices = BoxPose.from_vector(pose).apply(mesh.vertices)
+            out.append((vertices.astype(np.float32), mesh.faces.astype(np.int32)))
+        return out

@@ -1,0 +1,243 @@
+"""`scenewright train --recipe default --out RUN`: the default model, from nothing to a shipped, measured folder.
+
+Stages, each resumable (a finished stage is skipped, an interrupted one continues):
+
+1. cases     RUN/cases/        procedural blockout scenes rendered by `make-data`
+2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
+3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
+4. dit       RUN/codec-dit/    DiT + condition encoder (checkpoints, log.jsonl)
+5. export    the model folder  (default: the package's assets/default-model)
+6. eval      RUN/eval/         predict + eval on ../shared/benchmark/dev when it is there
+
+Every setting is in RUN/recipe.json (and the DiT stage's in RUN/codec-dit/training_config.json);
+the exported folder carries both in training_config.json. Stage times go to RUN/stages.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigMixin
+from . import data as D
+
+RECIPE_FILE = "recipe.json"
+STAGE_TIMES = "stages.json"
+LATENTS_FILE = "latents.npz"
+
+
+@dataclass
+class RecipeConfig(ConfigMixin):
+    """Every setting of the default recipe (docs/model-card.md says what each stage makes of them)."""
+
+    seed: int = 0
+    cases: int = 3000  # rendered training scenes
+    render_resolution: int = 256  # the condition encoder's working size: renders need no resizing
+    workers: int = 2  # processes for rendering and for the scene shards
+    shard_size: int = 100
+    fit_objects: int = 6000  # objects the PCA is fitted on (each also mirrored)
+    steps: int = 6000
+    batch_size: int = 32  # instance rows per step
+    lr: float = 4e-4
+    warmup: int = 300
+    ema: float = 0.999
+    mirror: float = 0.5
+    pose_weight: float = 4.0  # the pose token's loss weight (8 numbers that decide placement, vs 64 for the shape)
+    cfg_drop: float = 0.15
+    single_fraction: float = 0.25
+    sample_steps: int = 24
+    guidance_scale: float = 3.0
+    threads: int = 2  # torch threads of the training and evaluation stages
+    checkpoint_every: int = 500
+    export: str = ""  # model folder to write; "" = the package's assets/default-model
+    benchmark: str = ""  # cases to evaluate on; "" = ../shared/benchmark/dev when it exists
+
+
+def _stage_done(run: Path, stage: str, seconds: float) -> None:
+    path = run / STAGE_TIMES
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[stage] = round(times.get(stage, 0.0) + seconds, 1)
+    path.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def render_cases(run: Path, cfg: RecipeConfig) -> None:
+    from ..data import generate
+
+    code = generate.main(["--out", str(run / "cases"), "--count", str(cfg.cases), "--seed", str(cfg.seed),
+                          "--resolution", str(cfg.render_resolution), "--workers", str(cfg.workers)])
+    if code != 0:
+        raise SystemExit(f"rendering failed (exit {code}); run the recipe again to retry the failed cases")
+
+
+def _shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int) -> int:
+    path, cases, first = task
+    examples = [e for k, case in enumerate(cases)
+                if (e := D.scene_example(case, condition, codec.grid_resolution, codec.truncation, seed + first + k))]
+    meta = {"kind": "scene", "cases": [c.name for c in cases], "condition": condition.to_dict(), "codec": codec.to_dict()}
+    return D.write_shard(path, examples, meta)
+
+
+def make_scene_data(run: Path, cfg: RecipeConfig) -> None:
+    """Scene shards of every rendered case (resumable: finished shards are kept)."""
+    from tqdm import tqdm
+
+    from ..data.generate import case_name
+    from ..models.presets import DEFAULT_MODEL
+
+    out = run / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [run / "cases" / case_name(i) for i in range(cfg.cases)]
+    tasks = [(out / f"scene-{index:05d}.npz", list(chunk), index * cfg.shard_size)
+             for index, chunk in D.chunks(cases, cfg.shard_size)]
+    # a shard covers fixed case indices; one whose cases are not all rendered yet waits for the next run
+    todo = [t for t in tasks if not t[0].exists() and all((c / "scene.json").is_file() for c in t[1])]
+    work = partial(_shard, condition=DEFAULT_MODEL.condition_encoder, codec=DEFAULT_MODEL.shape_codec, seed=cfg.seed)
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="scene shards", unit="shard") as bar:
+        if cfg.workers > 1:
+            with ProcessPoolExecutor(cfg.workers, initializer=_one_thread) as pool:
+                for _ in pool.map(work, todo):
+                    bar.update(1)
+        else:
+            for task in todo:
+                work(task)
+                bar.update(1)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def fit_shape_codec(run: Path, cfg: RecipeConfig) -> None:
+    """PCA of the grids of `fit_objects` training objects and their mirrors; latents of every instance."""
+    from ..loading import save_component
+    from ..models.presets import DEFAULT_MODEL
+    from .shape_grids import fit_codec, mirror_x
+
+    data = D.load_shards(run / "data", "scene")
+    poses, grids = data["poses"].astype(np.float64), data["grids"]
+    mirrored = [mirror_x(p, g.reshape((DEFAULT_MODEL.shape_codec.grid_resolution,) * 3)) for p, g in zip(poses, grids)]
+    mirror_poses = np.stack([p for p, _ in mirrored])
+    rng = np.random.default_rng(cfg.seed)
+    pick = np.sort(rng.choice(len(grids), min(cfg.fit_objects, len(grids)), replace=False))
+    fit_grids = np.concatenate([grids[pick].astype(np.float32),
+                                np.stack([mirrored[i][1].reshape(-1) for i in pick]).astype(np.float32)])
+    codec = fit_codec(fit_grids, np.concatenate([poses, mirror_poses]), DEFAULT_MODEL.shape_codec)
+    del fit_grids
+    with torch.no_grad():
+        coefficients = torch.cat([codec.project(torch.from_numpy(chunk.astype(np.float32)))
+                                  for chunk in np.array_split(grids, max(1, len(grids) // 2000))])
+        mirror_coefficients = torch.cat([
+            codec.project(torch.from_numpy(np.stack([mirrored[i][1].reshape(-1) for i in idx]).astype(np.float32)))
+            for idx in np.array_split(np.arange(len(grids)), max(1, len(grids) // 2000))])
+        latents = codec.pack(torch.from_numpy(poses), coefficients)
+        mirror_latents = codec.pack(torch.from_numpy(mirror_poses), mirror_coefficients)
+    folder = run / "codec"
+    save_component(codec, folder)
+    np.savez(folder / LATENTS_FILE, latents=latents.numpy(), mirrored=mirror_latents.numpy())
+    summary = {"objects": int(len(grids)), "fit_objects": int(len(pick)) * 2,
+               "coefficient_std_min": float(coefficients.std(0).min()), "coefficient_std_max": float(coefficients.std(0).max())}
+    (folder / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
+    from .train import TrainConfig
+
+    return TrainConfig(stage="codec-dit", out=str(run), data=str(run / "data"), codec=str(run / "codec"), seed=cfg.seed,
+                       steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, ema=cfg.ema,
+                       mirror=cfg.mirror, pose_weight=cfg.pose_weight, cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,
+                       sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale,
+                       checkpoint_every=cfg.checkpoint_every, log_every=25, device="cpu")
+
+
+def evaluate(run: Path, cfg: RecipeConfig, model: Path) -> None:
+    from ..evaluation import evaluate as evaluation
+    from ..evaluation import predict
+
+    cases = Path(cfg.benchmark) if cfg.benchmark else Path(__file__).resolve().parents[3].parent / "shared" / "benchmark" / "dev"
+    if not cases.is_dir():
+        print(f"recipe: no benchmark cases at {cases}: evaluation skipped", file=sys.stderr)
+        return
+    pred = run / "eval" / "pred"
+    predict.main(["--cases", str(cases), "--out", str(pred), "--model", str(model), "--seed", "0"])
+    evaluation.main(["--cases", str(cases), "--pred", str(pred), "--out", str(run / "eval" / "metrics.json"),
+                     "--workers", str(cfg.workers)])
+
+
+def run_recipe(run: Path, cfg: RecipeConfig) -> int:
+    from ..pipeline import default_model_path
+    from .train import export_codec_model, latest_checkpoint, run_stage
+
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / RECIPE_FILE
+    if saved.exists():
+        previous = RecipeConfig.from_dict(json.loads(saved.read_text()))
+        if previous != cfg:
+            print(f"recipe: {saved} holds other settings; resuming with those (choose a new --out to change them)",
+                  file=sys.stderr)
+            cfg = previous
+    saved.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    torch.set_num_threads(cfg.threads)
+    stages: list[tuple[str, bool, Any]] = [
+        ("cases", (run / "cases" / "INDEX.json").exists() and _rendered(run) >= cfg.cases, render_cases),
+        ("data", _shards_complete(run, cfg), make_scene_data),
+        ("codec", (run / "codec" / LATENTS_FILE).exists(), fit_shape_codec),
+    ]
+    for name, done, stage in stages:
+        if done:
+            continue
+        print(f"recipe: stage {name}", file=sys.stderr)
+        start = time.perf_counter()
+        stage(run, cfg)
+        _stage_done(run, name, time.perf_counter() - start)
+    dit = dit_config(run, cfg)
+    checkpoint = latest_checkpoint(dit.stage_dir)
+    finished = checkpoint is not None and int(checkpoint.stem.split("-")[1]) >= cfg.steps
+    if not finished:
+        print("recipe: stage dit", file=sys.stderr)
+        start = time.perf_counter()
+        code = run_stage(dit, resume=checkpoint is not None)
+        _stage_done(run, "dit", time.perf_counter() - start)
+        if code != 0:
+            return code
+    model = Path(cfg.export) if cfg.export else default_model_path()
+    start = time.perf_counter()
+    export_codec_model(run, model, recipe=cfg.to_dict())
+    _stage_done(run, "export", time.perf_counter() - start)
+    print(f"recipe: model written to {model}", file=sys.stderr)
+    start = time.perf_counter()
+    evaluate(run, cfg, model)
+    _stage_done(run, "eval", time.perf_counter() - start)
+    return 0
+
+
+def _rendered(run: Path) -> int:
+    return json.loads((run / "cases" / "INDEX.json").read_text())["n_cases"]
+
+
+def _shards_complete(run: Path, cfg: RecipeConfig) -> bool:
+    expected = -(-cfg.cases // cfg.shard_size)
+    return len(list((run / "data").glob("scene-*.npz"))) >= expected
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scenewright train --recipe default", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="run folder (resumable)")
+    defaults = RecipeConfig()
+    for f in fields(RecipeConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                            default=getattr(defaults, f.name))
+    args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k != "out"}
+    return run_recipe(args.out, RecipeConfig.from_dict(values))
