@@ -39,6 +39,10 @@ class GenerationCancelled(Exception):
     """should_cancel() turned true; raised between sampler steps and between chunks of mesh queries."""
 
 
+class EmptyResult(ValueError):
+    """No instance came out with a surface: there is nothing to place or export; the message says what to try."""
+
+
 @dataclass
 class PipelineOptions(ConfigMixin):
     """Per-model sampling defaults and conventions, stored in model_index.json under OPTIONS_KEY."""
@@ -256,6 +260,9 @@ class ScenePipeline:
         report("decode", 0, 1)
         meshes = self.decode(latents, settings.mesh_resolution, should_cancel)
         timings["decode"] = time.perf_counter() - clock
+        if all(mesh is None for mesh in meshes):
+            raise EmptyResult(f"none of the {len(meshes)} instances came out with a surface; try another seed, more "
+                              "steps or another guidance scale")
 
         clock = time.perf_counter()
         report("place", 0, 1)
@@ -324,8 +331,6 @@ def _place(
     from .placement import CameraSolveConfig, place_scene, refine_poses, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
-    if all(mesh is None for mesh in meshes):
-        return [GeneratedInstance(i.id, labels.get(i.id), *empty) for i in instances], None, {}
     masks = [i.mask for i in instances]
     config = CameraSolveConfig(solve_yaw=solve_yaw)
     camera = None
@@ -347,7 +352,8 @@ def make_tiny_random_pipeline(folder: str | Path, seed: int = 0, inside_fraction
     """Write a tiny random-weight model folder (golden-replica sizes) for tests and demos of the plumbing.
 
     The VAE's output bias is shifted so that about `inside_fraction` of the box decodes as inside,
-    so the pipeline produces (meaningless) non-empty meshes end to end.
+    so the pipeline produces (meaningless) non-empty meshes end to end; with 0 nothing is inside
+    anywhere (every instance decodes empty).
     """
     from .loading import save_pipeline
     from .models.presets import build_components, give_random_field_a_surface
@@ -355,7 +361,12 @@ def make_tiny_random_pipeline(folder: str | Path, seed: int = 0, inside_fraction
     components = build_components("tiny", seed=seed)
     vae = components["vae"]
     generator = torch.Generator("cpu").manual_seed(seed)
-    give_random_field_a_surface(vae, torch.randn((4, 64, vae.config.latent_channels), generator=generator), inside_fraction)
+    if inside_fraction > 0:
+        give_random_field_a_surface(vae, torch.randn((4, 64, vae.config.latent_channels), generator=generator),
+                                    inside_fraction)
+    else:
+        with torch.no_grad():
+            vae.decoder.proj_out.bias.fill_(-1e4)  # the field is minus the output: far outside everywhere
     options = PipelineOptions(frame="view", num_tokens=64, steps=4, guidance_scale=3.0,
                               mi_blocks=components["transformer"].default_mi_blocks(3))
     folder = Path(folder)

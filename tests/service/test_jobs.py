@@ -172,3 +172,18 @@ def test_other_image_and_seg_encodings(service):
     final = service.wait(response.json()["job_id"])
     assert final["state"] == "succeeded"
     assert json.loads((service.data_dir / "jobs" / final["job_id"] / "settings.json").read_text())["steps"] == 1
+
+
+def test_a_result_with_no_surface_is_a_failed_job_that_says_what_to_try(service, scene, tmp_path_factory):
+    """Every instance decodes empty: a clear outcome (no GLB can hold nothing), not an internal error."""
+    from scenewright.pipeline import make_tiny_random_pipeline
+
+    empty_model = make_tiny_random_pipeline(tmp_path_factory.mktemp("empty-model") / "m", inside_fraction=0.0)
+    assert service.post("/v1/models/load", json={"model": str(empty_model)}).status_code == 200
+    try:
+        job = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+        final = service.wait(job["job_id"])
+        assert final["state"] == "failed" and "came out with a surface" in final["message"]
+        assert "another seed" in final["message"] and "Error" not in final["message"]
+    finally:
+        service.post("/v1/models/load", json={"model": str(service.model)})

@@ -40,7 +40,8 @@ TINY, TINY_SEG = png_bytes(np.zeros((8, 8, 3), np.uint8)), png_bytes(np.ones((8,
 WHITE_20x30 = png_bytes(np.zeros((20, 30), np.uint8) + 255)
 
 CASES = {  # name: (submit() arguments, words the 400 message must contain)
-    "image not an image": (dict(image=b"this is not a picture", seg=SEG_PNG), "the image is not a readable image"),
+    "image not an image": (dict(image=b"this is not a picture", seg=SEG_PNG),
+                           "the image is not a readable image (its format is not recognised)"),
     "image empty": (dict(image=b"", seg=SEG_PNG), "the image is empty"),
     "corrupt png": (dict(image=IMAGE[: len(IMAGE) // 2], seg=SEG_PNG), "not a readable image"),
     "seg not an image": (dict(image=IMAGE, seg=b"\x89PNG\r\n\x1a\n garbage"), "the seg map is not a readable image"),
@@ -74,13 +75,16 @@ def test_bad_submission_is_refused_and_nothing_written(service, name):
     response = service.submit(**kwargs)
     assert response.status_code == 400, response.text
     assert words in response.json()["detail"], response.json()["detail"]
+    assert " at 0x" not in response.json()["detail"]  # no in-memory object names
     assert data_dir_snapshot(service.data_dir) == before
 
 
 @pytest.mark.parametrize("settings, words", [
     ("{not json", "settings is not valid JSON"),
     ("[1, 2]", "settings must be a JSON object"),
-    ("[" * 100_000 + "]" * 100_000, "settings is not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "settings is nested too deeply"),
+    ('{"steps": 1' + "0" * 5000 + "}", "settings is not valid JSON"),  # beyond Python's int digit limit
+    ('{"seed": ' + "9" * 5000 + "}", "settings is not valid JSON"),
 ])
 def test_settings_that_are_not_a_json_object(service, settings, words):
     before = data_dir_snapshot(service.data_dir)
@@ -192,3 +196,17 @@ def test_allow_host_adds_names_for_tunnels_and_remote_clients(service):
         assert service.get("/v1/health", headers={"Host": host}).status_code == 200, host
     for host in (f"tunnel.example:{service.port}", "gpubox:9999", "evil.example:9999"):
         assert service.get("/v1/health", headers={"Host": host}).status_code == 403, host
+
+
+@pytest.mark.parametrize("name", ["Host", "Origin", "Authorization"])
+def test_a_repeated_security_header_is_refused(service, name):
+    """Two Host, Origin or Authorization headers (a foreign one first, the right one last) are refused outright."""
+    own = {"Host": f"127.0.0.1:{service.port}", "Origin": f"http://127.0.0.1:{service.port}",
+           "Authorization": f"Bearer {service.state['token']}"}
+    foreign = {"Host": "evil.example", "Origin": "http://evil.example", "Authorization": "Bearer wrong"}
+    head = f"GET /v1/jobs HTTP/1.1\r\n{name}: {foreign[name]}\r\n"
+    head += "".join(f"{key}: {value}\r\n" for key, value in own.items())
+    status, text = raw_request(service.port, head)
+    assert status == 400 and f"repeats the {name.lower()} header" in text
+    single = "".join(f"{key}: {value}\r\n" for key, value in own.items())
+    assert raw_request(service.port, f"GET /v1/jobs HTTP/1.1\r\n{single}")[0] == 200

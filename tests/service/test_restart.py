@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from scenewright.protocol import STATE_FILE_NAME
-from scenewright.service.storage import INTERRUPTED_MESSAGE
+from scenewright.service.storage import INTERRUPTED_MESSAGE, NEVER_STARTED_MESSAGE
 
 
 def test_restart_serves_earlier_results(make_service, scene, tmp_path):
@@ -40,9 +42,9 @@ def test_job_of_a_killed_service_comes_back_failed(make_service, scene, tmp_path
     assert (tmp_path / "data" / STATE_FILE_NAME).exists()  # a crash leaves a stale state file behind
 
     second = make_service(tmp_path / "data")  # the stale state file (dead pid) does not block the start
-    for job in (running, queued):
+    for job, message in ((running, INTERRUPTED_MESSAGE), (queued, NEVER_STARTED_MESSAGE)):
         status = second.get(f"/v1/jobs/{job['job_id']}").json()
-        assert status["state"] == "failed" and status["message"] == INTERRUPTED_MESSAGE
+        assert status["state"] == "failed" and status["message"] == message
         assert second.get(f"/v1/jobs/{job['job_id']}/result.glb").status_code == 409
 
 
@@ -79,12 +81,42 @@ def test_old_finished_jobs_are_deleted_beyond_keep_jobs(make_service, scene, tmp
     assert [j["job_id"] for j in service.get("/v1/jobs").json()["jobs"]] == [second["job_id"]]
     assert service.stop() == 0
 
-    # a restart with a lower limit prunes at start; 0 keeps no finished job
-    again = make_service(tmp_path / "data", extra_args=("--keep-jobs", "0"))
-    assert again.get("/v1/jobs").json()["jobs"] == [] and list(jobs_dir.iterdir()) == []
 
-
-def test_keep_jobs_must_not_be_negative(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "scenewright", "serve", "--data-dir", str(tmp_path), "--keep-jobs", "-1"],
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_keep_jobs_must_keep_at_least_one(tmp_path, value):
+    """0 would delete every result before a client could fetch it."""
+    result = subprocess.run([sys.executable, "-m", "scenewright", "serve", "--data-dir", str(tmp_path), "--keep-jobs", value],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--keep-jobs" in result.stderr and "0 or more" in result.stderr
+    assert result.returncode == 2 and "--keep-jobs" in result.stderr
+    assert ("1 or more" in result.stderr) if value != "many" else ("not a whole number" in result.stderr)
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"job_id": "', b"[1, 2]", b'{"state": "exploded"}'])
+def test_a_damaged_status_file_reads_as_a_failed_job_and_is_pruned(make_service, scene, tmp_path, damage):
+    service = make_service(tmp_path / "data", extra_args=("--keep-jobs", "1"))
+    job = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+    service.wait(job["job_id"])
+    (tmp_path / "data" / "jobs" / job["job_id"] / "status.json").write_bytes(damage)  # a power cut mid-write
+    status = service.get(f"/v1/jobs/{job['job_id']}")
+    assert status.status_code == 200 and status.json()["state"] == "failed"
+    assert "damaged" in status.json()["message"] and "submit the job again" in status.json()["message"]
+    for answer in (service.get(f"/v1/jobs/{job['job_id']}/result.glb"), service.post(f"/v1/jobs/{job['job_id']}/cancel")):
+        assert answer.status_code == 409, answer.text
+    assert job["job_id"] in [j["job_id"] for j in service.get("/v1/jobs").json()["jobs"]]
+    newer = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+    service.wait(newer["job_id"])
+    assert sorted(p.name for p in (tmp_path / "data" / "jobs").iterdir()) == [newer["job_id"]]  # pruned like the others
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_the_data_dir_is_private_to_the_user(make_service, scene, tmp_path):
+    data = tmp_path / "data"
+    (data / "jobs" / ("a" * 32)).mkdir(parents=True)  # left by an older version, world-readable
+    (data / "jobs" / ("a" * 32) / "image.png").write_bytes(b"x")
+    os.chmod(data, 0o755)
+    service = make_service(data)
+    job = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
+    service.wait(job["job_id"])
+    for path in [data, *data.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"

@@ -12,7 +12,7 @@ from PIL import Image
 from scenewright.protocol import JobStatus
 from scenewright.service.inputs import mask_pixels
 from scenewright.service.model_manager import is_out_of_memory, out_of_memory_message
-from scenewright.service.storage import INTERRUPTED_MESSAGE, JobStore, UnknownJob, new_job_id
+from scenewright.service.storage import INTERRUPTED_MESSAGE, NEVER_STARTED_MESSAGE, JobStore, UnknownJob, new_job_id
 
 
 @pytest.mark.parametrize("job_id", [
@@ -42,7 +42,8 @@ def test_interrupted_jobs_become_failed_and_finished_ones_stay(tmp_path):
     for job_id, state in states.items():
         status = store.read_status(job_id)
         if state in ("queued", "running"):
-            assert status.state == "failed" and status.message == INTERRUPTED_MESSAGE and status.finished_at
+            expected = NEVER_STARTED_MESSAGE if state == "queued" else INTERRUPTED_MESSAGE
+            assert status.state == "failed" and status.message == expected and status.finished_at
         else:
             assert status.state == state
     assert [s.created_at for s in store.list_statuses()] == [3.0, 2.0, 1.0, 0.0]  # newest first

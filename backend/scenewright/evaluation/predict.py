@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ BOX_BASELINE = "box-baseline"
 class SystemOutput:
     meshes: dict[int, Mesh | None]  # instance id -> mesh in the view frame, None when empty
     camera: dict[str, Any] | None  # scene.json-style camera in the meshes' frame, or None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage, when the system has stages
 
 
 @dataclass
@@ -67,7 +68,7 @@ def pipeline_system(source: str, settings: GenerationSettings, device: str) -> S
             inst.id: None if inst.empty else (inst.scene_vertices().astype(np.float64), np.asarray(inst.faces, np.int64))
             for inst in result.instances
         }
-        return SystemOutput(meshes, result.camera)
+        return SystemOutput(meshes, result.camera, dict(result.timings))
 
     # None in the settings means the model's default, recorded beside them.
     return System(source, str(pipe.device), run, {**settings.to_dict(), "model_defaults": pipe.options.to_dict()})
@@ -161,7 +162,7 @@ def main(argv: list[str]) -> int:
             output = system.run(image, seg)
             elapsed = time.perf_counter() - start
             meta = {"time_s": elapsed, "peak_mem_mb": memory.peak_mb(), "device": device_name,
-                    "system": system.name, "settings": system.settings}
+                    "system": system.name, "settings": system.settings, "stage_s": output.timings}
             write_prediction(args.out / case.name, output.meshes, output.camera, meta)
         except Exception as exc:  # one failing case must not stop the run; it is reported below
             failures[case.name] = f"{type(exc).__name__}: {exc}"

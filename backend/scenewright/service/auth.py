@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+# Headers the access check reads: a request carrying one twice is refused (which copy would count is ambiguous).
+SINGLE_HEADERS = ("host", "origin", "authorization")
 
 
 @dataclass
@@ -73,8 +75,11 @@ class AccessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            names = [k.decode("latin-1").lower() for k, _ in scope["headers"]]
+            repeated = sorted({n for n in names if n in SINGLE_HEADERS and names.count(n) > 1})
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refusal = self.policy.check(headers)
+            refusal = (400, f"refused: the request repeats the {', '.join(repeated)} header(s); send each once") \
+                if repeated else self.policy.check(headers)
             if refusal is not None:
                 status, message = refusal
                 extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []

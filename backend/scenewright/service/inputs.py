@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,18 @@ def decode_image(data: bytes, what: str) -> Image.Image:
     except InputError:
         raise
     except Exception as exc:  # PIL raises many exception types for non-images and corrupt files
-        raise InputError(f"{what} is not a readable image ({type(exc).__name__}: {exc}); upload a valid PNG") from exc
+        raise InputError(f"{what} is not a readable image ({_image_problem(exc)}); upload a valid PNG") from exc
     return image
+
+
+def _image_problem(exc: Exception) -> str:
+    """What was wrong with an upload, in words a user can act on (PIL's messages name in-memory objects)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "its format is not recognised"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", str(exc)).strip()
+    return text or type(exc).__name__
 
 
 def mask_pixels(image: Image.Image) -> np.ndarray:
@@ -64,7 +75,10 @@ def parse_settings(text: str | None) -> GenerationSettings:
         return GenerationSettings()
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+    except RecursionError as exc:
+        raise InputError("settings is nested too deeply; send a flat JSON object such as "
+                         '{"steps": 30, "seed": 0}') from exc
+    except ValueError as exc:  # JSONDecodeError, and integers longer than Python's digit limit
         raise InputError(f"settings is not valid JSON ({exc}); send a JSON object such as "
                          '{"steps": 30, "seed": 0}') from exc
     if not isinstance(data, dict):

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..export import export_result
-from ..pipeline import GenerationCancelled
+from ..pipeline import EmptyResult, GenerationCancelled
 from ..protocol import JobStatus
 from .inputs import Submission
 from .model_manager import ModelManager, is_out_of_memory, out_of_memory_message, release_memory
-from .storage import DEFAULT_KEEP_JOBS, INTERRUPTED_MESSAGE, JobStore, new_job_id
+from .storage import DEFAULT_KEEP_JOBS, INTERRUPTED_MESSAGE, JobStore, interrupted_message, new_job_id
 
 log = logging.getLogger("scenewright.service")
 
@@ -75,7 +75,7 @@ class JobManager:
             self._thread.join(timeout)
         with self._lock:
             for job in list(self._active.values()):
-                self._finish(job, "failed", INTERRUPTED_MESSAGE)
+                self._finish(job, "failed", interrupted_message(job.status.state))
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -184,6 +184,8 @@ class JobManager:
             job.status.timings = {**result.timings, "total": time.perf_counter() - started}
         except GenerationCancelled:
             outcome = ("failed", INTERRUPTED_MESSAGE) if self._stopping else ("cancelled", "cancelled by request")
+        except EmptyResult as exc:
+            outcome = ("failed", str(exc))
         except Exception as exc:  # a failing job must never take the worker down
             if is_out_of_memory(exc):
                 release_memory()

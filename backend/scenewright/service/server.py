@@ -23,10 +23,14 @@ from ..protocol import PROTOCOL_VERSION, STATE_FILE_NAME, TOKEN_ENV_VAR, default
 from .storage import DEFAULT_KEEP_JOBS
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more: with 0, every result would be deleted as soon as "
+                                         "its job finished, before a client could fetch it")
     return value
 
 
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also accept this Host header (repeatable): the machine's name for remote clients, "
                              "or an SSH tunnel's local end; loopback names are always accepted")
     parser.add_argument("--token", default=None, help=f"access token (default: ${TOKEN_ENV_VAR}, else a new random one)")
-    parser.add_argument("--keep-jobs", type=_non_negative, default=DEFAULT_KEEP_JOBS, metavar="N",
+    parser.add_argument("--keep-jobs", type=_positive, default=DEFAULT_KEEP_JOBS, metavar="N",
                         help=f"finished jobs whose folders are kept; older ones are deleted (default {DEFAULT_KEEP_JOBS})")
     return parser
 
@@ -81,6 +85,29 @@ def running_service(data_dir: Path) -> dict | None:
     return None
 
 
+def make_private(data_dir: Path) -> None:
+    """Uploads and results are the user's pictures and scenes: everything this process creates is readable by
+    the user only (umask 077), and a data dir left by an older version is made so too."""
+    if sys.platform == "win32":  # per-user folders by default; POSIX modes do not apply
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return
+    from .storage import JOB_ID_PATTERN, JobStore
+
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    jobs = JobStore(data_dir).jobs_dir
+    if not jobs.is_dir():
+        return
+    os.chmod(jobs, 0o700)
+    for folder in jobs.iterdir():  # only what the service made: job folders and their files
+        if JOB_ID_PATTERN.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
+            os.chmod(folder, 0o700)
+            for file in folder.iterdir():
+                if file.is_file() and not file.is_symlink():
+                    os.chmod(file, 0o600)
+
+
 def write_state(path: Path, state: dict) -> None:
     """Write the state file readable by this user only: it holds the token."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -105,7 +132,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)
     other = running_service(data_dir)
     if other is not None:
         print(f"scenewright serve: a service (pid {other['pid']}, {other.get('url')}) already uses {data_dir}; "

@@ -10,6 +10,7 @@ outside the data dir.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -18,18 +19,34 @@ from pathlib import Path
 from typing import Collection
 
 from ..files import write_atomic
-from ..protocol import FINISHED_STATES, JobStatus
+from ..protocol import FINISHED_STATES, JOB_STATES, JobStatus
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 STATUS_FILE = "status.json"
 RESULT_GLB = "result.glb"
 RESULT_JSON = "result.json"
 INTERRUPTED_MESSAGE = "the service stopped while this job was running; submit it again"
+NEVER_STARTED_MESSAGE = "the service stopped before this job started; submit it again"
+
+
+def interrupted_message(state: str) -> str:
+    """Why a job that the service's end caught in `state` (queued or running) failed."""
+    return NEVER_STARTED_MESSAGE if state == "queued" else INTERRUPTED_MESSAGE
 DEFAULT_KEEP_JOBS = 100
 
 
 class UnknownJob(KeyError):
     """No job with this id (or the id is malformed, which is reported the same way)."""
+
+
+def _damaged(job_id: str, folder: Path, why: str) -> JobStatus:
+    try:
+        created = folder.stat().st_mtime
+    except OSError:
+        created = 0.0
+    return JobStatus(job_id=job_id, state="failed", stage="done", created_at=created, finished_at=created,
+                     message=f"the status file of this job is damaged ({why}); its result cannot be trusted: "
+                             "submit the job again")
 
 
 def new_job_id() -> str:
@@ -50,20 +67,33 @@ class JobStore:
     def create(self, status: JobStatus, inputs: dict[str, bytes]) -> None:
         """Make the job folder with its input files and first status (inputs are validated before)."""
         folder = self.job_dir(status.job_id)
-        folder.mkdir(parents=True, exist_ok=False)
+        # filled under a name no job id matches, then renamed: no reader ever sees a folder without its status
+        staging = folder.with_name(f".{status.job_id}.new")
+        staging.mkdir(parents=True, exist_ok=False)
         for name, data in inputs.items():
-            write_atomic(folder / name, data)
-        self.write_status(status)
+            write_atomic(staging / name, data)
+        write_atomic(staging / STATUS_FILE, json.dumps(status.to_dict(), indent=1).encode("utf-8"))
+        os.rename(staging, folder)
 
     def write_status(self, status: JobStatus) -> None:
         write_atomic(self.job_dir(status.job_id) / STATUS_FILE, json.dumps(status.to_dict(), indent=1).encode("utf-8"))
 
     def read_status(self, job_id: str) -> JobStatus:
-        path = self.job_dir(job_id) / STATUS_FILE
+        """The stored status; a damaged file (a power cut mid-write, a disk error) reads as a failed job saying so."""
+        folder = self.job_dir(job_id)
+        path = folder / STATUS_FILE
         try:
-            return JobStatus.from_dict(json.loads(path.read_text("utf-8")))
+            data = json.loads(path.read_text("utf-8"))
+            status = JobStatus.from_dict(data)
+            if status.job_id != job_id or status.state not in JOB_STATES:
+                raise ValueError("it does not describe this job")
+            return status
         except FileNotFoundError as exc:
+            if folder.is_dir():
+                return _damaged(job_id, folder, "it is missing")
             raise UnknownJob(job_id) from exc
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is not an object
+            return _damaged(job_id, folder, str(exc) or type(exc).__name__)
 
     def result_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / name
@@ -76,11 +106,8 @@ class JobStore:
         for entry in self.jobs_dir.iterdir():
             if entry.name in skip:
                 continue
-            if JOB_ID_PATTERN.fullmatch(entry.name) and (entry / STATUS_FILE).is_file():
-                try:
-                    out.append(self.read_status(entry.name))
-                except (ValueError, TypeError, OSError):
-                    continue  # a damaged status file must not hide the other jobs
+            if JOB_ID_PATTERN.fullmatch(entry.name) and entry.is_dir():
+                out.append(self.read_status(entry.name))  # a damaged one reads as failed: listed, and pruned in turn
         out.sort(key=lambda s: s.created_at, reverse=True)
         return out
 
@@ -89,8 +116,8 @@ class JobStore:
         failed = []
         for status in self.list_statuses():
             if status.state in ("queued", "running"):
+                status.message = interrupted_message(status.state)
                 status.state = "failed"
-                status.message = INTERRUPTED_MESSAGE
                 status.finished_at = time.time()
                 self.write_status(status)
                 failed.append(status.job_id)
