@@ -1,41 +1,30 @@
-"""Property-based run over the served OpenAPI spec (schemathesis): no request may cause a 5xx."""
+"""The served OpenAPI description against the service (schemathesis, every check): no failure of any kind.
+
+`schemathesis run --checks all` reads the repo's schemathesis.toml (why 400 is an expected answer to a
+schema-valid submission); the run is bounded and seeded, so it is repeatable.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
+pytest.importorskip("schemathesis")
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 10
 
 
-def exercise(operation, mode: GenerationMode, service, seen: list[tuple[str, int]]) -> None:
-    """Send generated requests for one operation; any 5xx fails."""
-
-    @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def check(case) -> None:
-        response = case.call(base_url=service.url, headers=service.headers(), timeout=60)
-        seen.append((operation.label, response.status_code))
-        assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
-
-    try:
-        check()
-    except Unsatisfiable:
-        assert mode == GenerationMode.NEGATIVE  # an operation without inputs has no invalid form
-
-
-def test_no_request_causes_a_server_error(service):
-    schema = schemathesis.openapi.from_url(service.url + "/openapi.json", headers=service.headers(), timeout=30)
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10
-    seen: list[tuple[str, int]] = []
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            exercise(operation, mode, service, seen)
-    assert {label for label, _ in seen} == {op.label for op in operations}  # every operation was really exercised
+def test_schemathesis_finds_no_failure_with_every_check(service, repo_root, tmp_path):
+    cli = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"  # what its script runs
+    command = [sys.executable, "-c", cli, "run", f"{service.url}/openapi.json",
+               "-H", f"Authorization: Bearer {service.state['token']}", "--checks", "all",
+               "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "1", "--no-color"]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=600,
+                            env={"HOME": str(tmp_path), "PATH": ""})
+    summary = result.stdout[-3000:]
+    assert result.returncode == 0, summary
+    assert "Selected: 10/10" in summary and "Tested: 10" in summary  # every operation was exercised
+    assert " passed" in summary and "failed" not in summary.split("SUMMARY")[-1]
     assert service.get("/v1/health").status_code == 200  # and the service is still up

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -19,13 +22,40 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..protocol import API_PREFIX, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, HealthInfo, JobStatus
+from ..protocol import API_PREFIX, MAX_INSTANCES, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, HealthInfo, JobStatus
 from .auth import AccessMiddleware, AccessPolicy, send_json
 from .inputs import InputError, parse_submission
 from .jobs import JobConflict, JobManager
 from ..loading import ModelLoadError
 from .model_manager import ModelManager, UnknownModel
-from .storage import DEFAULT_KEEP_JOBS, RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
+from .storage import DEFAULT_KEEP_JOBS, JOB_ID_PATTERN, RESULT_GLB, RESULT_JSON, JobStore, UnknownJob
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error answer."""
+
+    detail: str = Field(description="what was wrong and what to do about it")
+
+
+_ERROR_TEXT = {
+    400: "refused: the message says what to fix (a bad upload or setting, or a repeated Host/Origin/Authorization header)",
+    401: "missing or wrong access token",
+    403: "the Host or Origin header does not name this service",
+    404: "no such job or model",
+    409: "the job is not in a state that allows this (e.g. the result of a job that has not succeeded)",
+    413: f"the request body is over {MAX_UPLOAD_BYTES // 2**20} MiB",
+    422: "a required field is missing, has the wrong type, or a job id is malformed",
+}
+# Every request passes the access and size checks first: these answers are possible on every route.
+_ALWAYS = (400, 401, 403, 413)
+
+
+def errors(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for these error statuses (plus the ones every route can give)."""
+    return {code: {"model": ErrorDetail, "description": _ERROR_TEXT[code]} for code in sorted({*_ALWAYS, *codes})}
+
+
+JobId = Annotated[str, FastApiPath(pattern=JOB_ID_PATTERN.pattern, description="32 lowercase hex characters")]
 
 
 class LoadModelRequest(BaseModel):
@@ -94,25 +124,27 @@ def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy, keep_
         return HealthInfo(status="ok", protocol_version=PROTOCOL_VERSION, version=__version__,
                           model=models.loaded, device=models.device, memory=models.memory())
 
-    @router.get("/health", response_model=HealthInfo)
+    @router.get("/health", response_model=HealthInfo, responses=errors())
     def get_health() -> HealthInfo:
         return health()
 
-    @router.get("/models")
+    @router.get("/models", responses=errors())
     def list_models() -> dict:
         return models.listing()
 
-    @router.post("/models/load", response_model=HealthInfo)
+    @router.post("/models/load", response_model=HealthInfo, responses=errors(404, 422))
     def load_model(body: LoadModelRequest) -> HealthInfo:
         models.pipeline(models.register(body.model))
         return health()
 
-    @router.post("/models/unload", response_model=HealthInfo)
+    @router.post("/models/unload", response_model=HealthInfo, responses=errors())
     def unload_model() -> HealthInfo:
         models.unload()
         return health()
 
-    @router.post("/jobs", status_code=202, response_model=JobStatus)
+    @router.post("/jobs", status_code=202, response_model=JobStatus, responses=errors(404, 422),
+                 description="Send the image and exactly one of `seg` (a seg map) or `masks` (one file per instance). "
+                             "Images are checked by decoding them: bytes that are no image are refused with 400.")
     async def submit_job(
         image: Annotated[UploadFile, File(description="the reference image (PNG or any common format)")],
         seg: Annotated[UploadFile | None, File(description="seg map (MIDI): each non-black gray is one instance")] = None,
@@ -129,31 +161,64 @@ def create_app(data_dir: Path, models: ModelManager, policy: AccessPolicy, keep_
                              "Load another one first with POST /v1/models/load")
         return await run_in_threadpool(jobs.submit, submission)
 
-    @router.get("/jobs")
+    @router.get("/jobs", responses=errors())
     def list_jobs() -> dict:
         return {"jobs": [s.to_dict() for s in jobs.list()]}
 
-    @router.get("/jobs/{job_id}", response_model=JobStatus)
-    def get_job(job_id: str) -> JobStatus:
+    @router.get("/jobs/{job_id}", response_model=JobStatus, responses=errors(404, 422))
+    def get_job(job_id: JobId) -> JobStatus:
         return jobs.get(job_id)
 
-    @router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
-    def cancel_job(job_id: str) -> JobStatus:
+    @router.post("/jobs/{job_id}/cancel", response_model=JobStatus, responses=errors(404, 409, 422))
+    def cancel_job(job_id: JobId) -> JobStatus:
         return jobs.cancel(job_id)
 
-    @router.get("/jobs/{job_id}/result.glb", response_class=FileResponse)
-    def result_glb(job_id: str) -> FileResponse:
+    @router.get("/jobs/{job_id}/result.glb", response_class=FileResponse, responses={
+        **errors(404, 409, 422), 200: {"content": {"model/gltf-binary": {"schema": {"type": "string", "format": "binary"}}},
+                                       "description": "the scene: one node per instance"}})
+    def result_glb(job_id: JobId) -> FileResponse:
         return FileResponse(jobs.result_path(job_id, RESULT_GLB), media_type="model/gltf-binary", filename=f"{job_id}.glb")
 
-    @router.get("/jobs/{job_id}/result.json", response_class=FileResponse)
-    def result_json(job_id: str) -> FileResponse:
+    @router.get("/jobs/{job_id}/result.json", response_class=FileResponse, responses={
+        **errors(404, 409, 422), 200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                                       "description": "the result manifest (protocol.ResultManifest)"}})
+    def result_json(job_id: JobId) -> FileResponse:
         return FileResponse(jobs.result_path(job_id, RESULT_JSON), media_type="application/json")
 
     app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_UPLOAD_BYTES)
     app.add_middleware(AccessMiddleware, policy=policy)  # added last = runs first
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's description, with the job submission stated as the service checks it: an image and exactly
+    one of a seg map or 1..MAX_INSTANCES masks, all files (FastAPI's own schema allows nulls and neither)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = schema["components"]["schemas"]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    body = next(name for name in schemas if name.startswith("Body_submit_job"))
+    binary = {"type": "string", "format": "binary"}
+    schemas[body] = {
+        "type": "object", "title": body, "required": ["image"],
+        "properties": {
+            "image": {**binary, "description": "the reference image (PNG or any common format)"},
+            "seg": {**binary, "description": "seg map (MIDI convention): black background, one gray value per instance"},
+            "masks": {"type": "array", "items": binary, "minItems": 1, "maxItems": MAX_INSTANCES,
+                      "description": "one mask per instance, white = the object"},
+            "settings": {"type": "string", "description": "GenerationSettings as JSON text, e.g. {\"steps\": 30}"},
+        },
+        "oneOf": [{"required": ["seg"]}, {"required": ["masks"]}],  # exactly one of the two
+    }
+    app.openapi_schema = schema
+    return schema
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -179,6 +244,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelLoadError)
     async def model_load_error(_: Request, exc: ModelLoadError) -> JSONResponse:
         return detail(422, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own answers (unknown route, wrong method) in our shape; a 405 lists every method of the path."""
+        if exc.status_code != 405:
+            return detail(exc.status_code, str(exc.detail))
+        path = request.url.path
+        methods = sorted({m for route in app.routes if isinstance(route, APIRoute) and route.path_regex.match(path)
+                          for m in route.methods})
+        response = detail(405, f"method {request.method} is not allowed here; use {' or '.join(methods)}")
+        response.headers["Allow"] = ", ".join(methods)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
