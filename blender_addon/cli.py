@@ -30,7 +30,7 @@ from .properties import parse_blocks
 
 BATCH_SUMMARY = "summary.json"
 # protocol.GenerationSettings fields that are SCENEWRIGHT_PG_scene properties of the same name
-_SETTING_PROPS = ("steps", "seed", "mesh_resolution", "scene_size_m", "model")
+_SETTING_PROPS = ("steps", "seed", "mesh_resolution", "scene_size_m", "model", "guidance")
 
 
 class GenerationError(RuntimeError):
@@ -132,6 +132,7 @@ def _apply_settings(props, settings: dict[str, Any]) -> None:
         props.custom_guidance, props.guidance_scale = True, checked.guidance_scale
     if checked.mi_blocks is not None:
         props.mi_blocks = ",".join(str(b) for b in checked.mi_blocks)
+    props.timi_alpha = checked.timi.alpha
 
 
 def _light_if_unlit(scene: bpy.types.Scene) -> None:
@@ -190,7 +191,9 @@ def _parser() -> argparse.ArgumentParser:
         opts = p.add_argument_group("generation settings (default: the model's)")
         opts.add_argument("--model")
         opts.add_argument("--steps", type=int)
-        opts.add_argument("--guidance", type=float, dest="guidance_scale")
+        opts.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+        opts.add_argument("--guidance", choices=protocol.GUIDANCE_METHODS,
+                          help="cfg, or timi: CFG plus TIMI's training-free instance guidance")
         opts.add_argument("--seed", type=int)
         opts.add_argument("--mi-blocks", help="multi-instance blocks, e.g. 8-12 or 8,10,12")
         opts.add_argument("--mesh-resolution", type=int)
@@ -217,7 +220,7 @@ def _backend_from_args(args: argparse.Namespace) -> BackendSettings:
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings = {name: getattr(args, name) for name in ("model", "steps", "guidance_scale", "seed", "mesh_resolution",
-                                                        "scene_size_m") if getattr(args, name) is not None}
+                                                        "scene_size_m", "guidance") if getattr(args, name) is not None}
     if args.mi_blocks:
         settings["mi_blocks"] = parse_blocks(args.mi_blocks)
     return settings

@@ -72,6 +72,10 @@ class SCENEWRIGHT_PT_settings(SceneWrightPanel, bpy.types.Panel):
         sub = row.row()
         sub.active = props.custom_guidance
         sub.prop(props, "guidance_scale", text="")
+        col.prop(props, "guidance")
+        sub = col.row()
+        sub.active = props.guidance == "timi"
+        sub.prop(props, "timi_alpha")
         col.prop(props, "seed")
         col.prop(props, "mi_blocks")
         col.prop(props, "mesh_resolution")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
 
 from . import protocol
 from .images import InputError
@@ -50,6 +58,15 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
                                   description="Override the model's classifier-free guidance scale")
     guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0,
                                   max=protocol.SETTING_RANGES["guidance_scale"].high)
+    guidance: EnumProperty(
+        name="Guidance Method",
+        items=[("cfg", "Classifier-Free", "Classifier-free guidance at the scale above"),
+               ("timi", "TIMI", "Classifier-free guidance plus TIMI's training-free instance guidance: early "
+                                "cross-attention steered so that instances keep apart and follow the image's layout")],
+        default="cfg")
+    timi_alpha: FloatProperty(name="TIMI Strength", default=protocol.TimiSettings.alpha,
+                              min=protocol.SETTING_RANGES["timi.alpha"].low, max=protocol.SETTING_RANGES["timi.alpha"].high,
+                              description="TIMI's alpha: the largest latent update relative to the latents' spread")
     seed: IntProperty(name="Seed", default=0, min=0)
     mi_blocks: StringProperty(name="Multi-Instance Blocks",
                               description="Transformer blocks with multi-instance attention, e.g. 8-12 or 8,10,12 "
@@ -75,6 +92,8 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
             "mesh_resolution": self.mesh_resolution or None,
             "scene_size_m": self.scene_size_m or None,
             "model": self.model.strip() or None,
+            "guidance": self.guidance,
+            "timi": {"alpha": self.timi_alpha},
         }
         try:
             return protocol.GenerationSettings.from_dict(settings).to_dict()

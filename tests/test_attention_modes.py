@@ -51,9 +51,8 @@ def attn() -> Attention:
 
 
 def _run(attn: Attention, x: torch.Tensor, mode: str, n: int) -> np.ndarray:
-    attn.set_mode(mode)
     with torch.no_grad():
-        return attn(x, num_instances=n).double().numpy()
+        return attn(x, num_instances=n, mode=mode).double().numpy()
 
 
 def test_plain_matches_reference(attn):
@@ -85,7 +84,7 @@ def test_batch_must_split_into_groups(attn):
     with pytest.raises(ValueError, match="groups of 3"):
         _run(attn, torch.randn(4, 5, 32), "multi_instance", 3)
     with pytest.raises(ValueError, match="unknown attention mode"):
-        attn.set_mode("sideways")
+        _run(attn, torch.randn(4, 5, 32), "sideways", 1)
 
 
 def _tiny_dit(cross_2: int | None) -> TripoSGDiTModel:
@@ -101,15 +100,15 @@ def _tiny_dit(cross_2: int | None) -> TripoSGDiTModel:
 @pytest.mark.parametrize(("mode", "n", "batch"), [("plain", 1, 4), ("multi_instance", 2, 4), ("scene_context", 2, 6)])
 def test_random_dit_runs_every_layout(mode, n, batch, dtype):
     model = _tiny_dit(cross_2=24)
-    model.set_attention_layout(model.default_mi_blocks(3), mode=mode)
+    layout = model.layout(model.default_mi_blocks(3), mode=mode)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 10, 4, generator=g)
     t = torch.full((batch,), 750.0)
     ctx, ctx2 = torch.randn(batch, 1, 16, generator=g), torch.randn(batch, 5, 24, generator=g)
     with torch.no_grad():
-        reference = model(x, t, ctx, ctx2, num_instances=n)
+        reference = model(x, t, ctx, ctx2, num_instances=n, layout=layout)
         model.to(dtype)
-        out = model(x.to(dtype), t, ctx.to(dtype), ctx2.to(dtype), num_instances=n)
+        out = model(x.to(dtype), t, ctx.to(dtype), ctx2.to(dtype), num_instances=n, layout=layout)
     assert out.shape == x.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     # bf16 keeps the fp32 answer's shape: norms and softmax statistics stay in float32

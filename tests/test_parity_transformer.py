@@ -31,7 +31,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def _run(model, cases, prefix: str, num_instances: int = 1) -> torch.Tensor:
+def _run(model, cases, prefix: str, num_instances: int = 1, mi_blocks: list[int] | None = None) -> torch.Tensor:
     with torch.no_grad():
         return model(
             cases[f"{prefix}_hidden_states"],
@@ -39,6 +39,7 @@ def _run(model, cases, prefix: str, num_instances: int = 1) -> torch.Tensor:
             cases[f"{prefix}_encoder_hidden_states"],
             cases[f"{prefix}_encoder_hidden_states_2"],
             num_instances=num_instances,
+            layout=model.layout(mi_blocks or []),
         )
 
 
@@ -64,21 +65,18 @@ def test_default_mi_blocks_match_reference_layout(model):
 
 
 def test_multi_instance_layout_with_one_instance_is_plain(model, cases):
-    model.set_attention_layout(model.default_mi_blocks())
-    out = _run(model, cases, "a", num_instances=1)
+    out = _run(model, cases, "a", num_instances=1, mi_blocks=model.default_mi_blocks())
     assert _max_diff(out, cases["a_output_midi_processors_num_instances_1"]) <= SINGLE_PASS_TOL
 
 
 def test_multi_instance_three_instances(model, cases):
-    model.set_attention_layout(model.default_mi_blocks())
-    assert _max_diff(_run(model, cases, "b", num_instances=3), cases["b_output"]) <= SINGLE_PASS_TOL
-    model.set_attention_layout([])
-    assert _max_diff(_run(model, cases, "b", num_instances=3), cases["b_output_without_mi"]) <= SINGLE_PASS_TOL
+    blocks = model.default_mi_blocks()
+    assert _max_diff(_run(model, cases, "b", 3, blocks), cases["b_output"]) <= SINGLE_PASS_TOL
+    assert _max_diff(_run(model, cases, "b", 3), cases["b_output_without_mi"]) <= SINGLE_PASS_TOL
 
 
 def test_cfg_layout_groups_halves_separately(model, cases):
-    model.set_attention_layout(model.default_mi_blocks())
-    out = _run(model, cases, "c", num_instances=3)
+    out = _run(model, cases, "c", num_instances=3, mi_blocks=model.default_mi_blocks())
     assert _max_diff(out, cases["c_output"]) <= SINGLE_PASS_TOL
     uncond, cond = out.chunk(2)
     guided = uncond + 7.0 * (cond - uncond)

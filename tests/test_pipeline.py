@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from scenewright.guidance import ClassifierFreeGuidance
 from scenewright.masks import MaskError, instances_from_seg
 from scenewright.meshing import box_smooth, dense_grid_points, progressive_bbox
+from scenewright.models.dit import AttentionLayout
 from scenewright.pipeline import GenerationCancelled, ScenePipeline, make_tiny_random_pipeline
 from scenewright.protocol import GenerationSettings
 
@@ -22,9 +24,10 @@ def _golden(golden_dir: Path, name: str) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def midi_tiny(golden_dir: Path) -> ScenePipeline:
-    pipe = ScenePipeline.from_pretrained(golden_dir / "tiny-midi-3d", device="cpu", dtype="fp32")
-    pipe.transformer.set_attention_layout([1, 2, 3])
-    return pipe
+    return ScenePipeline.from_pretrained(golden_dir / "tiny-midi-3d", device="cpu", dtype="fp32")
+
+
+GOLDEN_LAYOUT = AttentionLayout((1, 2, 3))  # the reference goldens' multi-instance blocks
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,8 @@ def test_denoise_loop_matches_reference(midi_tiny: ScenePipeline, golden_dir: Pa
     seen_batches: list[int] = []
     hook = midi_tiny.transformer.register_forward_hook(lambda mod, args, out: seen_batches.append(out.shape[0]))
     try:
-        final = midi_tiny.denoise(latents, case["image_embeds_1"], case["image_embeds_2"], steps=4, guidance_scale=7.0)
+        final = midi_tiny.denoise(latents, case["image_embeds_1"], case["image_embeds_2"], steps=4,
+                                  guiders=[ClassifierFreeGuidance(7.0)], layout=GOLDEN_LAYOUT)
     finally:
         hook.remove()
     torch.testing.assert_close(final, case["final_latents"], atol=1e-4, rtol=0)
@@ -65,7 +69,8 @@ def test_end_to_end_case_matches_reference(midi_tiny: ScenePipeline, golden_dir:
     torch.testing.assert_close(emb1, case["image_embeds_1"], atol=1e-4, rtol=0)
     torch.testing.assert_close(emb2, case["image_embeds_2"], atol=1e-4, rtol=0)
 
-    latents = midi_tiny.denoise(midi_tiny.prepare_latents(3, seed=42), emb1, emb2, steps=4, guidance_scale=7.0)
+    latents = midi_tiny.denoise(midi_tiny.prepare_latents(3, seed=42), emb1, emb2, steps=4,
+                                guiders=[ClassifierFreeGuidance(7.0)], layout=GOLDEN_LAYOUT)
     torch.testing.assert_close(latents, case["final_latents"], atol=1e-4, rtol=0)
 
     # The reference's progressive decoding at octree depth 4 and its box filter, on our VAE.

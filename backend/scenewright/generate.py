@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .protocol import GenerationSettings, SettingsError
+from .protocol import SettingsError
+from .settings_cli import add_generation_arguments, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,11 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="default", help="'default' (shipped), a model folder, or a hub repo id such as VAST-AI/MIDI-3D")
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     parser.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: bf16 on CUDA, else fp32)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None, dest="guidance_scale")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mi-blocks", type=int, nargs="*", default=None, help="blocks with multi-instance attention (default: the model's)")
-    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes samples per axis (default: the model's)")
+    add_generation_arguments(parser)
     parser.add_argument("--scene-size", type=float, default=None, dest="scene_size_m", help="scene width in metres")
     return parser
 
@@ -32,10 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = GenerationSettings.from_dict({
-            "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed, "mi_blocks": args.mi_blocks,
-            "mesh_resolution": args.mesh_resolution, "scene_size_m": args.scene_size_m,
-        })
+        settings = settings_from_args(args, scene_size_m=args.scene_size_m)
     except SettingsError as exc:
         print(f"scenewright generate: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ def to_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
-def _resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+def resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
     """(width, height) after resize, with transformers' rounding for `shortest_edge`."""
     if "shortest_edge" in size:
         short, long = sorted((width, height))
@@ -78,7 +78,7 @@ def _resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, 
 def _preprocess_one(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarray:
     image = to_rgb_image(image)
     if cfg.do_resize:
-        target = _resize_target(*image.size, cfg.size)
+        target = resize_target(*image.size, cfg.size)
         if target != image.size:
             image = image.resize(target, resample=Image.Resampling(cfg.resample))
     if cfg.do_center_crop:

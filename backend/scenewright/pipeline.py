@@ -24,12 +24,15 @@ import torch
 from PIL import Image
 
 from .config import ConfigMixin
-from .image_processing import build_conditions, to_rgb_image
+from .guidance import ClassifierFreeGuidance, StepContext, TimiGuidance
+from .image_processing import build_conditions, resize_target, to_rgb_image
+from .models.dit import PLAIN, AttentionLayout
 from .masks import InstanceMask, MaskError, instances_from_seg
 from .protocol import MAX_INSTANCES, GenerationSettings
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 # model_index.json key with our pipeline options; a folder without it is a MIDI-3D checkpoint.
 OPTIONS_KEY = "_scenewright"
@@ -54,6 +57,7 @@ class PipelineOptions(ConfigMixin):
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
     mesh_resolution: int = 128  # marching-cubes samples per axis when the request gives none
     refine_poses: bool = False  # fit each instance's pose to its mask after the camera solve
+    attention: str = "multi_instance"  # the layout of the chosen blocks: "multi_instance" or "scene_context"
 
 
 class MidiConditions:
@@ -74,6 +78,24 @@ class MidiConditions:
         emb1 = self.image_encoder_1(clip_pixels.to(weight.device, weight.dtype)).unsqueeze(1)
         emb2 = self.image_encoder_2(dino_pixels.to(weight.device, weight.dtype))
         return emb1, emb2
+
+    def patch_masks(self, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which DINOv2 tokens are image patches (all but the CLS token) and the share of each patch that
+        each mask covers, with the geometry of the RGB crop (shortest-edge resize, centre crop)."""
+        config = self.feature_extractor_2
+        patch = self.image_encoder_2.config.patch_size
+        crop_w, crop_h = config.crop_size["width"], config.crop_size["height"]
+        coverage = []
+        for mask in masks:
+            image = Image.fromarray(np.asarray(mask, np.uint8) * 255)
+            image = image.resize(resize_target(*image.size, config.size), Image.Resampling.BOX)
+            left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+            crop = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32) / 255.0
+            rows, cols = crop_h // patch, crop_w // patch
+            cells = crop[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch).mean(axis=(1, 3))
+            coverage.append(cells.reshape(-1))
+        weights = torch.from_numpy(np.stack(coverage))
+        return torch.arange(1, 1 + weights.shape[1]), weights
 
 
 
@@ -175,40 +197,63 @@ class ScenePipeline:
         latents = torch.randn((num_instances, tokens, config.in_channels), generator=generator, dtype=torch.float32)
         return latents.to(self.device)
 
-    @torch.no_grad()
     def denoise(
         self,
         latents: torch.Tensor,
         emb1: torch.Tensor,
         emb2: torch.Tensor | None,
         steps: int,
-        guidance_scale: float,
+        guiders: Sequence[Any] = (),
+        layout: AttentionLayout = PLAIN,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
+        callback_on_step_end: StepCallback | None = None,
     ) -> torch.Tensor:
-        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step, CFG.
+        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step.
 
-        Latents stay float32 between steps (the DiT may run in bf16/fp16).
+        Each step: every guider may move the latents (TIMI), then the velocity comes from the
+        ClassifierFreeGuidance guider (the conditional prediction when there is none), the
+        scheduler steps, and `callback_on_step_end(step, timestep, latents)` may return new
+        latents. Gradients are only enabled inside a guider that needs them. Latents stay
+        float32 between steps (the DiT may run in bf16/fp16).
         """
-        num_instances = latents.shape[0]
-        cfg = guidance_scale > 1.0
-        if cfg:  # unconditional rows first, exact zeros as in MIDI
-            emb1 = torch.cat([torch.zeros_like(emb1), emb1])
-            emb2 = None if emb2 is None else torch.cat([torch.zeros_like(emb2), emb2])
+        cfg = next((g for g in guiders if isinstance(g, ClassifierFreeGuidance)), ClassifierFreeGuidance(1.0))
         self.scheduler.set_timesteps(steps)
-        for i, t in enumerate(self.scheduler.timesteps):
-            if should_cancel is not None and should_cancel():
-                raise GenerationCancelled()
-            model_in = (torch.cat([latents, latents]) if cfg else latents).to(self.dtype)
-            timestep = t.to(self.device).expand(model_in.shape[0])
-            velocity = self.transformer(model_in, timestep, emb1, emb2, num_instances=num_instances).float()
-            if cfg:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(velocity, t, latents)
-            if progress is not None:
-                progress("denoise", i + 1, steps)
+        with torch.no_grad():
+            for i, t in enumerate(self.scheduler.timesteps):
+                if should_cancel is not None and should_cancel():
+                    raise GenerationCancelled()
+                ctx = StepContext(self.transformer, t, i, emb1, emb2, layout, self.dtype)
+                for guider in guiders:
+                    latents = guider.update_latents(ctx, latents)
+                latents = self.scheduler.step(cfg.velocity(ctx, latents), t, latents)
+                if callback_on_step_end is not None:
+                    changed = callback_on_step_end(i, t, latents)
+                    latents = latents if changed is None else changed
+                if progress is not None:
+                    progress("denoise", i + 1, steps)
         return latents
+
+    def guiders(self, settings: GenerationSettings, masks: Sequence[np.ndarray]) -> list[Any]:
+        """The guiders a request asks for: CFG at the model's (or the request's) scale, and TIMI when chosen."""
+        scale = self.options.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
+        guiders: list[Any] = [ClassifierFreeGuidance(scale)]
+        if settings.guidance == "timi":
+            patch_index, patch_masks = self.conditioner.patch_masks(list(masks))
+            guiders.append(TimiGuidance(settings.timi, patch_index, patch_masks, self.decoder))
+        return guiders
+
+    def attention_layout(self, settings: GenerationSettings) -> AttentionLayout:
+        """The one place the multi-instance blocks are chosen: the request's, else the model's, else the
+        transformer's default (MIDI-3D's 5 middle blocks)."""
+        blocks = settings.mi_blocks
+        if blocks is None:
+            blocks = self.options.mi_blocks if self.options.mi_blocks is not None else self.transformer.default_mi_blocks()
+        num_layers = self.transformer.config.num_layers
+        bad = [b for b in blocks if b >= num_layers]
+        if bad:
+            raise ValueError(f"mi_blocks {bad} do not exist: this model has blocks 0..{num_layers - 1}")
+        return self.transformer.layout(blocks, self.options.attention)
 
     def decode(self, latents: torch.Tensor, resolution: int | None = None,
                should_cancel: CancelFn | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
@@ -248,11 +293,11 @@ class ScenePipeline:
         timings["encode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        self.transformer.set_attention_layout(self._mi_blocks(settings), "multi_instance")
+        layout = self.attention_layout(settings)
+        guiders = self.guiders(settings, [m.mask for m in instances])
         latents = self.prepare_latents(len(instances), settings.seed)
         steps = settings.steps or self.options.steps
-        guidance = self.options.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
-        latents = self.denoise(latents, emb1, emb2, steps, guidance, report, should_cancel)
+        latents = self.denoise(latents, emb1, emb2, steps, guiders, layout, report, should_cancel)
         synchronize(self.device)
         timings["denoise"] = time.perf_counter() - clock
 
@@ -276,17 +321,6 @@ class ScenePipeline:
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
                  "native": self.options.frame}
         return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
-
-    def _mi_blocks(self, settings: GenerationSettings) -> list[int]:
-        blocks = settings.mi_blocks
-        if blocks is None:
-            blocks = self.options.mi_blocks if self.options.mi_blocks is not None else self.transformer.default_mi_blocks()
-        num_layers = self.transformer.config.num_layers
-        bad = [b for b in blocks if b >= num_layers]
-        if bad:
-            raise ValueError(f"mi_blocks {bad} do not exist: this model has blocks 0..{num_layers - 1}")
-        return list(blocks)
-
 
 def default_model_path() -> Path:
     """The model this project trains and ships, inside the package."""

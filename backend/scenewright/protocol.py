@@ -65,7 +65,48 @@ SETTING_RANGES: dict[str, SettingRange] = {
     "seed": SettingRange(0, 2**31 - 1),
     "mesh_resolution": SettingRange(16, 512),
     "scene_size_m": SettingRange(0.05, 1000.0),
+    "timi.layers": SettingRange(0, 255),
+    "timi.steps": SettingRange(1, 200),
+    "timi.alpha": SettingRange(1e-4, 10.0),
+    "timi.sigma": SettingRange(0.0, 10.0),
+    "timi.momentum": SettingRange(0.0, 0.999),
 }
+
+# "cfg": classifier-free guidance; "timi": CFG plus TIMI's training-free instance guidance (docs/guidance.md)
+GUIDANCE_METHODS = ("cfg", "timi")
+
+
+@dataclass
+class TimiSettings:
+    """TIMI's parameters, defaults from its paper (section 5.1); used when `guidance` is "timi"."""
+
+    layers: int = 4  # the cross-attention of blocks 0..layers is guided
+    steps: int = 15  # the first `steps` sampler steps are guided
+    alpha: float = 0.1  # largest update relative to the latents' standard deviation (eq. 6)
+    sigma: float = 1.5  # standard deviation of the gradient's Gaussian smoothing (eq. 5)
+    momentum: float = 0.9  # beta of the update's momentum (eq. 7)
+    sgu: bool = True  # False: plain fixed-step gradient descent, without SGU (the paper's ablation)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TimiSettings":
+        if not isinstance(data, dict):
+            raise SettingsError("timi must be an object such as {\"alpha\": 0.1}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"unknown timi setting(s) {unknown}; known: {sorted(known)}")
+        out = cls()
+        for name in ("layers", "steps"):
+            if data.get(name) is not None:
+                setattr(out, name, _int_in_range(f"timi.{name}", data[name]))
+        for name in ("alpha", "sigma", "momentum"):
+            if data.get(name) is not None:
+                setattr(out, name, _float_in_range(f"timi.{name}", data[name]))
+        if data.get("sgu") is not None:
+            if not isinstance(data["sgu"], bool):
+                raise SettingsError(f"timi.sgu must be true or false, got {data['sgu']!r}")
+            out.sgu = data["sgu"]
+        return out
 
 
 @dataclass
@@ -83,6 +124,8 @@ class GenerationSettings:
     mesh_resolution: int | None = None
     scene_size_m: float | None = None
     model: str | None = None
+    guidance: str = "cfg"  # one of GUIDANCE_METHODS
+    timi: TimiSettings = field(default_factory=TimiSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +159,12 @@ class GenerationSettings:
             if not isinstance(model, str) or not model.strip() or len(model) > 512:
                 raise SettingsError("model must be a non-empty string of at most 512 characters")
             out.model = model
+        if data.get("guidance") is not None:
+            if data["guidance"] not in GUIDANCE_METHODS:
+                raise SettingsError(f"guidance must be one of {list(GUIDANCE_METHODS)}, got {data['guidance']!r}")
+            out.guidance = data["guidance"]
+        if data.get("timi") is not None:
+            out.timi = TimiSettings.from_dict(data["timi"])
         return out
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..guidance import ClassifierFreeGuidance
 from ..loading import resolve_device, resolve_dtype
 from ..models.dit import TripoSGDiTModel
 from ..models.image_encoders import CLIPVisionModelWithProjection, Dinov2Model
@@ -146,9 +147,9 @@ def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance
     times["encode_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    pipe.transformer.set_attention_layout(pipe.transformer.default_mi_blocks())
+    layout = pipe.transformer.layout(pipe.transformer.default_mi_blocks())
     latents = pipe.prepare_latents(num_instances, seed=0)
-    latents = pipe.denoise(latents, emb1, emb2, steps, guidance_scale)
+    latents = pipe.denoise(latents, emb1, emb2, steps, [ClassifierFreeGuidance(guidance_scale)], layout)
     synchronize(device)
     times["denoise_s"] = time.perf_counter() - clock
 

@@ -23,7 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..masks import instances_from_seg, seg_to_gray
-from ..protocol import GenerationSettings
+from ..protocol import GenerationSettings, SettingsError
+from ..settings_cli import add_generation_arguments, settings_from_args
 from .cases import Mesh, list_cases, write_prediction
 
 BOX_BASELINE = "box-baseline"
@@ -129,11 +130,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cases", required=True, type=Path, help="folder of case folders (image.png, seg.png, ...)")
     parser.add_argument("--out", required=True, type=Path, help="prediction folder PRED; writes PRED/<case>/")
     parser.add_argument("--model", default="default", help=f"'{BOX_BASELINE}', 'default', a model folder or a hub repo id")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (model default when omitted)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    parser.add_argument("--mi-blocks", type=int, nargs="*", default=None, help="multi-instance blocks; give none for K = 0")
-    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes samples per axis (default: the model's)")
+    add_generation_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
     return parser.parse_args(argv)
@@ -141,15 +138,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    cases = list_cases(args.cases)[: args.limit]
-    if args.model == BOX_BASELINE:
-        system = box_baseline_system()
-    else:
-        settings = GenerationSettings.from_dict(
-            {"steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed, "mi_blocks": args.mi_blocks,
-             "mesh_resolution": args.mesh_resolution, "model": args.model}
-        )
-        system = pipeline_system(args.model, settings, args.device)
+    try:
+        settings = settings_from_args(args, model=args.model)
+        cases = list_cases(args.cases)[: args.limit]
+    except (SettingsError, FileNotFoundError) as exc:
+        print(f"scenewright predict: {exc}", file=sys.stderr)
+        return 2
+    system = box_baseline_system() if args.model == BOX_BASELINE else pipeline_system(args.model, settings, args.device)
     device_name = describe_device(system.device)
     memory = PeakMemory(system.device)
     failures: dict[str, str] = {}

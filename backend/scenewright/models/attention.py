@@ -4,6 +4,12 @@ Parameter names follow the diffusers layout of the TripoSG/MIDI-3D checkpoints
 (`to_q`, `to_k`, `to_v`, `to_out.0`, `norm_q`, `norm_k`, `norm_cross`,
 `ff.net.0.proj`, `ff.net.2`) so hub weights load with strict key matching.
 
+The arithmetic of attention is a swappable processor (diffusers' AttnProcessor idea):
+`FusedAttentionProcessor` (scaled-dot-product attention, the default) or
+`AttentionProbsProcessor`, which also records the attention probabilities, for
+guidance that reads attention maps (TIMI). Which layout a self-attention uses is
+an argument of each call, chosen by the caller (see `models.dit.AttentionLayout`).
+
 Self-attention supports three layouts, all computed for the whole batch at once:
 
 - ``"plain"``: every batch row attends to itself.
@@ -74,6 +80,35 @@ class FeedForward(nn.Module):
         return x
 
 
+class FusedAttentionProcessor:
+    """Scaled-dot-product attention (fused kernels, no T x T matrix kept) in every layout."""
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mode: str,
+                 num_instances: int) -> torch.Tensor:
+        if mode == "multi_instance":
+            return _multi_instance_attention(query, key, value, num_instances)
+        if mode == "scene_context":
+            return _scene_context_attention(query, key, value, num_instances)
+        return F.scaled_dot_product_attention(query, key, value)
+
+
+class AttentionProbsProcessor:
+    """Explicit softmax(q k^T / sqrt(d)) v for plain (cross-)attention, keeping the probabilities
+    (B, heads, T_q, T_k) in `probs` with autograd intact: what a guider differentiates."""
+
+    def __init__(self) -> None:
+        self.probs: list[torch.Tensor] = []
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mode: str,
+                 num_instances: int) -> torch.Tensor:
+        if mode != "plain":
+            raise ValueError("attention probabilities are recorded for plain (cross-)attention only")
+        scores = (query.float() @ key.float().transpose(-1, -2)) / (query.shape[-1] ** 0.5)
+        probs = scores.softmax(dim=-1)
+        self.probs.append(probs)
+        return (probs @ value.float()).to(value.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with the TripoSG q|k|v re-split and optional RMS qk-norm.
 
@@ -100,7 +135,7 @@ class Attention(nn.Module):
         self.is_cross_attention = cross_attention_dim is not None
         kv_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
         head_dim = query_dim // heads
-        self.mode = "plain"
+        self.processor: FusedAttentionProcessor | AttentionProbsProcessor = FusedAttentionProcessor()
         self.to_q = nn.Linear(query_dim, query_dim, bias=qkv_bias)
         self.to_k = nn.Linear(kv_dim, query_dim, bias=qkv_bias)
         self.to_v = nn.Linear(kv_dim, query_dim, bias=qkv_bias)
@@ -109,20 +144,18 @@ class Attention(nn.Module):
         self.norm_k = RMSNorm(head_dim, eps=1e-6) if qk_norm else None
         self.norm_cross = nn.LayerNorm(kv_dim, eps=1e-5) if norm_cross else None
 
-    def set_mode(self, mode: str) -> None:
-        """Choose the self-attention layout (see the module docstring)."""
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
-        if mode != "plain" and self.is_cross_attention:
-            raise ValueError("multi-instance layouts apply to self-attention only")
-        self.mode = mode
-
     def forward(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         num_instances: int = 1,
+        mode: str = "plain",
     ) -> torch.Tensor:
+        """`mode` is the self-attention layout (see the module docstring); cross-attention is always plain."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+        if mode != "plain" and self.is_cross_attention:
+            raise ValueError("multi-instance layouts apply to self-attention only")
         batch, tokens, _ = hidden_states.shape
         query = self.to_q(hidden_states)
         if self.is_cross_attention:
@@ -141,13 +174,7 @@ class Attention(nn.Module):
         if self.norm_q is not None:
             query = self.norm_q(query)
             key = self.norm_k(key)
-
-        if self.mode == "multi_instance":
-            out = _multi_instance_attention(query, key, value, num_instances)
-        elif self.mode == "scene_context":
-            out = _scene_context_attention(query, key, value, num_instances)
-        else:
-            out = F.scaled_dot_product_attention(query, key, value)
+        out = self.processor(query, key, value, mode, num_instances)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return self.to_out[0](out)
 

@@ -53,21 +53,22 @@ class ConditionInputs:
 def _square_pad(image: np.ndarray, masks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Pad to a square with the median background colour; the frame keeps its centre (cameras fit the long side)."""
     height, width = image.shape[:2]
-    side = max(height, width)
     if height == width:
         return image, masks
     union = np.any(np.stack(masks), axis=0)
     background = np.median(image[~union], axis=0) if (~union).any() else np.full(3, 255.0)
+    padded = _pad(image, np.asarray(background, np.uint8))
+    return padded, [_pad(mask, False) for mask in masks]
+
+
+def _pad(array: np.ndarray, fill: np.ndarray | bool) -> np.ndarray:
+    height, width = array.shape[:2]
+    side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
-    padded = np.empty((side, side, 3), np.uint8)
-    padded[:] = np.asarray(background, np.uint8)
-    padded[top : top + height, left : left + width] = image
-    out_masks = []
-    for mask in masks:
-        m = np.zeros((side, side), bool)
-        m[top : top + height, left : left + width] = mask
-        out_masks.append(m)
-    return padded, out_masks
+    out = np.empty((side, side, *array.shape[2:]), array.dtype)
+    out[:] = fill
+    out[top : top + height, left : left + width] = array
+    return out
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:
@@ -177,6 +178,17 @@ class BlockoutConditionEncoder(nn.Module):
         tokens = self.token_proj(torch.cat([scene_tokens, crop_tokens, box[:, None]], dim=1))
         pooled = torch.cat([scene_tokens.mean(1), crop_tokens.mean(1), box], dim=-1)
         return self.global_proj(pooled)[:, None], tokens
+
+    def patch_masks(self, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which condition tokens are patches of the full frame (the scene tokens, a grid over the padded
+        square image) and the share of each patch that each mask covers."""
+        grid = self.config.scene_size // 16
+        coverage = []
+        for mask in masks:
+            square = _pad(np.asarray(mask, bool), False).astype(np.uint8) * 255
+            cells = np.asarray(Image.fromarray(square).resize((grid, grid), Image.Resampling.BOX), np.float32) / 255.0
+            coverage.append(cells.reshape(-1))
+        return torch.arange(grid * grid), torch.from_numpy(np.stack(coverage))
 
     @torch.no_grad()
     def encode(self, image: Image.Image, masks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

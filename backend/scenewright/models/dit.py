@@ -4,7 +4,8 @@ A U-ViT over latent tokens: a prepended timestep token, long skips from the
 first half of the blocks to the second (LIFO), self-attention with RMS qk-norm,
 cross-attention to CLIP image embeddings and, for MIDI-3D, a parallel second
 cross-attention to DINOv2 tokens. Which blocks' self-attention is
-multi-instance (or scene-context) is a runtime layout, not a parameter.
+multi-instance (or scene-context) is an `AttentionLayout` passed with each call,
+not a parameter and not state on the model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,23 @@ from torch import nn
 
 from ..config import ConfigMixin
 from .attention import Attention, FeedForward, FP32LayerNorm
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Which blocks' self-attention is multi-instance (or scene-context); the others are plain.
+
+    `blocks` empty is K = 0: every instance is denoised on its own.
+    """
+
+    blocks: tuple[int, ...] = ()
+    mode: str = "multi_instance"
+
+    def mode_of(self, block: int) -> str:
+        return self.mode if block in self.blocks else "plain"
+
+
+PLAIN = AttentionLayout()
 
 
 @dataclass
@@ -88,10 +106,11 @@ class DiTBlock(nn.Module):
         context_2: torch.Tensor | None,
         skip: torch.Tensor | None,
         num_instances: int,
+        mode: str = "plain",
     ) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_norm(self.skip_linear(torch.cat([skip, x], dim=-1)))
-        x = x + self.attn1(self.norm1(x), num_instances=num_instances)
+        x = x + self.attn1(self.norm1(x), num_instances=num_instances, mode=mode)
         if self.attn2_2 is not None:
             if context_2 is None:
                 raise ValueError("this model has a second cross-attention: pass encoder_hidden_states_2")
@@ -130,14 +149,13 @@ class TripoSGDiTModel(nn.Module):
         start = self.config.num_layers // 2 - k // 2
         return list(range(start, start + k))
 
-    def set_attention_layout(self, mi_blocks: Sequence[int], mode: str = "multi_instance") -> None:
-        """Use `mode` self-attention in the listed blocks and plain attention everywhere else."""
-        chosen = set(mi_blocks)
-        unknown = chosen - set(range(len(self.blocks)))
+    def layout(self, mi_blocks: Sequence[int], mode: str = "multi_instance") -> AttentionLayout:
+        """The layout with `mode` self-attention in the listed blocks, checked against this model."""
+        chosen = tuple(sorted(set(mi_blocks)))
+        unknown = [b for b in chosen if not 0 <= b < len(self.blocks)]
         if unknown:
-            raise ValueError(f"block indices {sorted(unknown)} out of range 0..{len(self.blocks) - 1}")
-        for i, block in enumerate(self.blocks):
-            block.attn1.set_mode(mode if i in chosen else "plain")
+            raise ValueError(f"block indices {unknown} out of range 0..{len(self.blocks) - 1}")
+        return AttentionLayout(chosen, mode)
 
     def forward(
         self,
@@ -146,10 +164,11 @@ class TripoSGDiTModel(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_2: torch.Tensor | None = None,
         num_instances: int = 1,
+        layout: AttentionLayout = PLAIN,
     ) -> torch.Tensor:
         """hidden_states (B,T,Cin), timestep (B,) or scalar = sigma*1000 -> velocity (B,T,Cin).
 
-        `num_instances` is the group size of the multi-instance layouts: rows are
+        `num_instances` is the group size of the layout's multi-instance blocks: rows are
         grouped in consecutive runs of N (multi_instance) or N + 1 (scene_context).
         """
         batch, tokens = hidden_states.shape[:2]
@@ -166,7 +185,7 @@ class TripoSGDiTModel(nn.Module):
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             skip = skips.pop() if i > middle else None
-            x = block(x, encoder_hidden_states, encoder_hidden_states_2, skip, num_instances)
+            x = block(x, encoder_hidden_states, encoder_hidden_states_2, skip, num_instances, layout.mode_of(i))
             if i < middle:
                 skips.append(x)
         x = self.norm_out(x)[:, -tokens:]

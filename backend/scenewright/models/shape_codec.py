@@ -131,6 +131,20 @@ class ShapeCodec(nn.Module):
         flat = self.mean_grid.float() + coefficients.float() @ self.basis.float()
         return flat.view(-1, r, r, r)
 
+    def smooth_gradient(self, gradient: torch.Tensor, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        """A latent-space gradient smoothed as a change of the signed-distance grid it stands for: mapped to
+        the grid, convolved with a 3D Gaussian of `sigma` grid cells, projected back (TIMI's eq. 5 on the
+        field). The pose token, which is no field, passes through unchanged."""
+        if sigma <= 0:
+            return gradient
+        flat = gradient.float().reshape(gradient.shape[0], -1)
+        r = self.config.grid_resolution
+        basis = self.basis.float()
+        field = (flat[:, POSE_SIZE:] @ basis).view(-1, 1, r, r, r)
+        smoothed = gaussian_blur_3d(field, sigma).reshape(len(flat), -1)
+        coefficients = torch.linalg.solve(basis @ basis.T, basis @ smoothed.T).T
+        return torch.cat([flat[:, :POSE_SIZE], coefficients], dim=1).view_as(gradient).to(gradient.dtype)
+
     # ---- meshes -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -162,3 +176,21 @@ class ShapeCodec(nn.Module):
             vertices = BoxPose.from_vector(pose).apply(mesh.vertices)
             out.append((vertices.astype(np.float32), mesh.faces.astype(np.int32)))
         return out
+
+
+def gaussian_blur_3d(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, D, H, W) convolved with an isotropic Gaussian (separable, edges replicated, 3 sigma wide)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=volume.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(volume.dtype)
+    channels = volume.shape[1]
+    out = volume
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(kernel)
+        weight = kernel.view(shape).expand(channels, 1, *shape[2:])
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = nn.functional.conv3d(nn.functional.pad(out, pad, mode="replicate"), weight, groups=channels)
+    return out

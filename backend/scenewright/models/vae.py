@@ -8,6 +8,7 @@ are NEGATIVE inside the shape (the reference multiplies its network output by -1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -171,6 +172,26 @@ class TripoSGVAEModel(nn.Module):
 
         extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-MESH_BOX,) * 3, (MESH_BOX,) * 3)
         return [None if m is None else (m.vertices, m.faces) for m in extraction.meshes]
+
+    def smooth_gradient(self, gradient: torch.Tensor, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        """A latent-space gradient averaged over each token's nearest tokens of its row (TIMI's eq. 5 for a
+        token set): the r-th nearest token, by the distance between latent vectors, counts as r cells
+        away, so the Gaussian of `sigma` cells spans the same few neighbours as on a grid (in a latent
+        space of many dimensions distances themselves hardly tell near from far). A vecset token is a
+        local surface code (the encoder queries farthest-point samples of the surface), so tokens near
+        in latent space describe nearby, similar geometry; a token set has no other neighbourhood."""
+        if sigma <= 0:
+            return gradient
+        tokens = latents.float()
+        count = min(tokens.shape[1], math.ceil(3.0 * sigma) + 1)
+        order = torch.cdist(tokens, tokens).topk(count, dim=-1, largest=False).indices  # (B, T, count), self first
+        rank = torch.arange(count, dtype=torch.float32, device=tokens.device)
+        weights = torch.exp(-0.5 * (rank / sigma) ** 2)
+        weights = weights / weights.sum()
+        grad = gradient.float()
+        rows = torch.arange(grad.shape[0], device=grad.device)[:, None, None]
+        neighbours = grad[rows, order]  # (B, T, count, C)
+        return (neighbours * weights[:, None]).sum(dim=2).to(gradient.dtype)
 
     # --- encoding -------------------------------------------------------------------------
 

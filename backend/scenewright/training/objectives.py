@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..image_processing import ImageProcessorConfig
-from ..models.dit import TripoSGDiTModel
+from ..models.dit import PLAIN, AttentionLayout, TripoSGDiTModel
 from ..models.vae import TripoSGVAEModel
 from .data import conditions, scene_rows
 
@@ -191,14 +191,14 @@ class DiTObjective:
     (its encoders train jointly) and the clean latents of the chosen rows."""
 
     def __init__(self, transformer: TripoSGDiTModel, batches: MidiBatches | SceneBatches,
-                 num_instances: np.ndarray, batch_size: int, mi_blocks: list[int], cfg_drop: float,
+                 num_instances: np.ndarray, batch_size: int, layout: AttentionLayout, cfg_drop: float,
                  single_fraction: float, logit_mean: float, logit_std: float,
                  token_weights: torch.Tensor | None = None):
         self.modules: dict[str, nn.Module] = {"transformer": transformer, **batches.modules}
         # per latent token loss weights (normalised to mean 1), e.g. to favour the pose token; None: all equal
         self.token_weights = None if token_weights is None else token_weights / token_weights.mean()
         self.batches = batches
-        self.batch_size, self.mi_blocks = batch_size, mi_blocks
+        self.batch_size, self.layout = batch_size, layout
         self.cfg_drop, self.single_fraction = cfg_drop, single_fraction
         self.logit_mean, self.logit_std = logit_mean, logit_std
         counts = np.asarray(num_instances)
@@ -229,10 +229,10 @@ class DiTObjective:
         noise = torch.randn(x0.shape, generator=rand.torch).to(device)
         sigma = sigma.to(device)
         noisy = (1.0 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        transformer = self.modules["transformer"]
-        transformer.set_attention_layout(self.mi_blocks if num_instances > 1 else [])
+        layout = self.layout if num_instances > 1 else PLAIN
         emb1, emb2 = emb1 * keep[:, None, None], emb2 * keep[:, None, None]
-        velocity = transformer(noisy, sigma * 1000.0, emb1, emb2, num_instances=num_instances)
+        velocity = self.modules["transformer"](noisy, sigma * 1000.0, emb1, emb2, num_instances=num_instances,
+                                               layout=layout)
         error = (velocity.float() - (x0 - noise)).pow(2)
         stats = {"instances": float(num_instances), "rows": float(len(x0))}
         if self.token_weights is not None:

@@ -162,16 +162,22 @@ def mirror_x(pose_vector: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.
 def fit_codec(grids: np.ndarray, poses: np.ndarray, config: ShapeCodecConfig) -> ShapeCodec:
     """Closed-form PCA of the grids (N, R^3) and the pose standardisation -> a ShapeCodec.
 
-    Exact: eigenvectors of the N x N Gram matrix of the centred grids, mapped to grid
-    space; the basis rows are scaled by the components' standard deviations (whitening).
+    Exact: the leading eigenvectors of the N x N Gram matrix of the centred grids (Lanczos,
+    scipy's eigsh: only the K wanted pairs, to machine precision), mapped to grid space; the
+    basis rows are scaled by the components' standard deviations (whitening).
     """
+    from scipy.sparse.linalg import eigsh
+
     flat = torch.from_numpy(np.asarray(grids, np.float32).reshape(len(grids), -1))
+    if config.num_components >= len(flat):
+        raise ValueError(f"{config.num_components} components need more than {len(flat)} objects to fit")
     mean = flat.mean(dim=0)
     centred = flat - mean
-    gram = (centred @ centred.T).double()
-    values, vectors = torch.linalg.eigh(gram)
-    order = torch.argsort(values, descending=True)[: config.num_components]
-    values, vectors = values[order].clamp_min(1e-12), vectors[:, order]
+    gram = (centred @ centred.T).double().numpy()
+    found, basis = eigsh(gram, k=config.num_components, which="LA", v0=np.ones(len(gram)))
+    order = np.argsort(found)[::-1].copy()
+    values = torch.from_numpy(found[order].copy()).clamp_min(1e-12)
+    vectors = torch.from_numpy(basis[:, order].copy())
     directions = (vectors.T.float() @ centred) / values.sqrt().float()[:, None]  # unit rows in grid space
     std = (values / max(len(flat) - 1, 1)).sqrt().float()
     codec = ShapeCodec(config)

@@ -310,7 +310,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     transformer = components["transformer"]
     mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
     batches = MidiBatches(components["image_encoder_1"], components["image_encoder_2"], data, latents, fe1, fe2)
-    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, mi_blocks, cfg.cfg_drop,
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, transformer.layout(mi_blocks), cfg.cfg_drop,
                              cfg.single_fraction, cfg.logit_mean, cfg.logit_std)
     return Trainer(cfg, objective, device)
 
@@ -333,7 +333,7 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror)
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
-    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, mi_blocks, cfg.cfg_drop,
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, transformer.layout(mi_blocks), cfg.cfg_drop,
                              cfg.single_fraction, cfg.logit_mean, cfg.logit_std, token_weights=weights)
     return Trainer(cfg, objective, device)
 

@@ -1,0 +1,51 @@
+"""The generation settings as command-line options, made from protocol.GenerationSettings' definitions.
+
+`scenewright generate` and `scenewright predict` share them, so a new setting is one field
+in protocol.py plus, when it needs a flag, one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+from .protocol import GUIDANCE_METHODS, GenerationSettings, TimiSettings
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """--steps, --guidance-scale, --guidance, --timi-*, --seed, --mi-blocks, --mesh-resolution."""
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's)")
+    parser.add_argument("--guidance", choices=GUIDANCE_METHODS, default="cfg",
+                        help="cfg: classifier-free guidance; timi: CFG plus TIMI's instance guidance (docs/guidance.md)")
+    defaults = TimiSettings()
+    for f in fields(TimiSettings):
+        value = getattr(defaults, f.name)
+        kind = _on_off if isinstance(value, bool) else type(value)
+        parser.add_argument(f"--timi-{f.name}", type=kind, default=None, metavar=type(value).__name__.upper(),
+                            help=f"TIMI {f.name} (default {'on' if value is True else 'off' if value is False else value})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mi-blocks", type=int, nargs="*", default=None,
+                        help="blocks with multi-instance attention (default: the model's); give none for K = 0")
+    parser.add_argument("--mesh-resolution", type=int, default=None,
+                        help="marching-cubes samples per axis (default: the model's)")
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> GenerationSettings:
+    """The validated settings of parsed arguments (raises protocol.SettingsError naming the bad one)."""
+    timi = {f.name: getattr(args, f"timi_{f.name}") for f in fields(TimiSettings)
+            if getattr(args, f"timi_{f.name}") is not None}
+    data = {"steps": args.steps, "guidance_scale": args.guidance_scale, "guidance": args.guidance, "timi": timi,
+            "seed": args.seed, "mi_blocks": args.mi_blocks, "mesh_resolution": args.mesh_resolution, **extra}
+    return GenerationSettings.from_dict(data)
