@@ -184,3 +184,45 @@ def test_marching_cubes_and_reference_vertex_mapping_match_reference(vae_case):
     np.testing.assert_array_equal(reference.vertices, vae_case["mc_batch0_vertices"])
     ours = grid_to_mesh(grid, low, high)  # index i at low + i * size / 16: 17/16 of the reference's extent
     np.testing.assert_allclose(ours.vertices - low, (reference.vertices - low) * 17 / 16, atol=1e-5)
+
+
+# ---- the reference's mesh recipe (two boxes, box filter, vertex mapping) on the product path --
+
+
+def test_midi_decoder_gives_the_reference_mesh(golden_dir, vae_case):
+    """TripoSGVAEModel.meshes (what ScenePipeline.decode calls for MIDI-3D models) on the golden latents gives
+    the mesh run_midi made from them: two-box pass, 3x3x3 box filter, marching cubes, its vertex mapping."""
+    from scenewright.loading import load_component
+
+    vae = load_component(golden_dir / "tiny-midi-3d" / "vae")
+    meshes = vae.meshes(torch.from_numpy(vae_case["latents"]), resolution=16)
+    vertices, faces = meshes[0]
+    np.testing.assert_array_equal(faces, vae_case["mc_batch0_faces"])
+    np.testing.assert_allclose(vertices, vae_case["mc_batch0_vertices"], atol=1e-5)
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_reference_recipe_coarse_to_fine_equals_dense(resolution):
+    from scenewright.meshing import reference_extraction
+
+    dense = reference_extraction(analytic_scene_field, 3, resolution, dense=True)
+    fast = reference_extraction(analytic_scene_field, 3, resolution)
+    assert dense.num_queries == 2 * 3 * (resolution + 1) ** 3
+    for d, f, db, fb in zip(dense.meshes, fast.meshes, dense.boxes, fast.boxes):
+        np.testing.assert_array_equal(db[0], fb[0])  # the same second-pass boxes
+        np.testing.assert_array_equal(f.faces, d.faces)
+        np.testing.assert_array_equal(f.vertices, d.vertices)
+    print(f"\nreference recipe at {resolution}^3: dense {dense.num_queries:,}, coarse-to-fine {fast.num_queries:,} "
+          f"({dense.num_queries / fast.num_queries:.1f}x fewer)")
+
+
+@pytest.mark.slow
+def test_reference_recipe_at_256_equals_dense_with_8x_fewer_queries():
+    from scenewright.meshing import reference_extraction
+
+    dense = reference_extraction(analytic_scene_field, 3, 256, dense=True)
+    fast = reference_extraction(analytic_scene_field, 3, 256)
+    for d, f in zip(dense.meshes, fast.meshes):
+        np.testing.assert_array_equal(f.faces, d.faces)
+        np.testing.assert_array_equal(f.vertices, d.vertices)
+    assert dense.num_queries >= 8 * fast.num_queries

@@ -18,7 +18,7 @@ has resolution + 1 samples per axis (the reference's octree depth 8 is 256).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,6 +42,15 @@ class ExtractionResult:
     meshes: list[TriMeshData | None]  # one per batch row; None when the field has no surface
     num_queries: int  # points sent to field_fn, all rows together (padding included: it is decoder work)
     num_calls: int  # field_fn calls
+    grids: list[np.ndarray] = field(default_factory=list)  # per row the (resolution+1)^3 values meshed (smoothed)
+    boxes: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per row the box they span
+
+
+def _row_boxes(bbox_min: Vec3 | np.ndarray, bbox_max: Vec3 | np.ndarray, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (min, max) float32 pair per row: a shared (3,) box, or per-row (B, 3) boxes."""
+    low = np.broadcast_to(np.asarray(bbox_min, np.float32), (batch_size, 3))
+    high = np.broadcast_to(np.asarray(bbox_max, np.float32), (batch_size, 3))
+    return [(low[b].copy(), high[b].copy()) for b in range(batch_size)]
 
 
 # ---- reference helpers (MIDI-3D parity) ------------------------------------------------------
@@ -116,6 +125,30 @@ def grid_to_mesh(
     return TriMeshData(mapped.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int32))
 
 
+def reference_extraction(field_fn: FieldFn, batch_size: int, resolution: int = 256, dense: bool = False,
+                         chunk_size: int = 131072) -> ExtractionResult:
+    """MIDI-3D's mesh recipe (run_midi with decode_progressive): the field over the default box, again over each
+    row's inside box padded by 0.05 (an empty row takes the previous row's box, as the reference's loop
+    does), the 3x3x3 box filter, marching cubes with the reference's vertex mapping. Coarse-to-fine for
+    both passes unless `dense`; the queries of both passes are counted."""
+    extract = extract_meshes_dense if dense else extract_meshes
+    first = extract(field_fn, batch_size, resolution, chunk_size=chunk_size)
+    axes = grid_axes(DEFAULT_BBOX_MIN, DEFAULT_BBOX_MAX, resolution)
+    low, high = np.asarray(DEFAULT_BBOX_MIN, np.float32), np.asarray(DEFAULT_BBOX_MAX, np.float32)
+    lows, highs = [], []
+    for grid in first.grids:
+        inside = np.argwhere(grid <= 0)  # the inside samples' coordinates, exactly the dense grid's points
+        points = np.stack([axes[d][inside[:, d]] for d in range(3)], axis=-1)
+        low, high = progressive_bbox(points, np.zeros(len(points), np.float32), low, high)
+        lows.append(low)
+        highs.append(high)
+    second = extract(field_fn, batch_size, resolution, np.stack(lows), np.stack(highs), chunk_size=chunk_size,
+                     reference_vertex_mapping=True, smooth=True)
+    second.num_queries += first.num_queries
+    second.num_calls += first.num_calls
+    return second
+
+
 # ---- field evaluation ------------------------------------------------------------------------
 
 
@@ -126,9 +159,9 @@ class _FieldSampler:
     grow with it (the full-size VAE's feed-forward holds 4096 values per point).
     """
 
-    def __init__(self, field_fn: FieldFn, axes: list[np.ndarray], chunk_size: int) -> None:
+    def __init__(self, field_fn: FieldFn, axes: list[list[np.ndarray]], chunk_size: int) -> None:
         self.field_fn = field_fn
-        self.axes = axes
+        self.axes = axes  # per row: the sample coordinates along x, y, z
         self.chunk_size = chunk_size
         self.num_queries = 0
         self.num_calls = 0
@@ -151,7 +184,8 @@ class _FieldSampler:
                 part = idx[start:stop]
                 block[row, : len(part)] = part
                 block[row, len(part):] = idx[0] if len(idx) else 0
-            points = np.stack([self.axes[d][block[..., d]] for d in range(3)], axis=-1)
+            points = np.stack([np.stack([axes[d][block[row, :, d]] for d in range(3)], axis=-1)
+                               for row, axes in enumerate(self.axes)])
             out[:, start:stop] = self.field_fn(torch.from_numpy(points)).float().cpu().numpy()
             self.num_queries += points.shape[0] * points.shape[1]
             self.num_calls += 1
@@ -162,21 +196,28 @@ def extract_meshes_dense(
     field_fn: FieldFn,
     batch_size: int,
     resolution: int,
-    bbox_min: Vec3 = DEFAULT_BBOX_MIN,
-    bbox_max: Vec3 = DEFAULT_BBOX_MAX,
+    bbox_min: Vec3 | np.ndarray = DEFAULT_BBOX_MIN,
+    bbox_max: Vec3 | np.ndarray = DEFAULT_BBOX_MAX,
     level: float = 0.0,
     chunk_size: int = 131072,
     reference_vertex_mapping: bool = False,
+    smooth: bool = False,
 ) -> ExtractionResult:
-    """Evaluate every sample of the grid, then marching cubes: the reference path, for comparison."""
-    sampler = _FieldSampler(field_fn, grid_axes(bbox_min, bbox_max, resolution), chunk_size)
+    """Evaluate every sample of the grid, [box-smooth], then marching cubes: the reference path, for comparison."""
+    boxes = _row_boxes(bbox_min, bbox_max, batch_size)
+    sampler = _FieldSampler(field_fn, [grid_axes(low, high, resolution) for low, high in boxes], chunk_size)
     n = resolution + 1
     flat = np.stack(np.meshgrid(*[np.arange(n, dtype=np.int32)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    values = sampler([flat] * batch_size)
-    meshes = [
-        grid_to_mesh(v.reshape(n, n, n), bbox_min, bbox_max, level, reference_vertex_mapping) for v in values
-    ]
-    return ExtractionResult(meshes, sampler.num_queries, sampler.num_calls)
+    grids = [v.reshape(n, n, n) for v in sampler([flat] * batch_size)]
+    return _finish(grids, boxes, level, smooth, reference_vertex_mapping, sampler)
+
+
+def _finish(grids: list[np.ndarray], boxes: list[tuple[np.ndarray, np.ndarray]], level: float, smooth: bool,
+            reference_vertex_mapping: bool, sampler: "_FieldSampler") -> ExtractionResult:
+    if smooth:
+        grids = [box_smooth(torch.from_numpy(np.ascontiguousarray(g))).numpy() for g in grids]
+    meshes = [grid_to_mesh(g, low, high, level, reference_vertex_mapping) for g, (low, high) in zip(grids, boxes)]
+    return ExtractionResult(meshes, sampler.num_queries, sampler.num_calls, grids, boxes)
 
 
 # ---- coarse-to-fine --------------------------------------------------------------------------
@@ -242,8 +283,8 @@ def extract_meshes(
     field_fn: FieldFn,
     batch_size: int,
     resolution: int,
-    bbox_min: Vec3 = DEFAULT_BBOX_MIN,
-    bbox_max: Vec3 = DEFAULT_BBOX_MAX,
+    bbox_min: Vec3 | np.ndarray = DEFAULT_BBOX_MIN,
+    bbox_max: Vec3 | np.ndarray = DEFAULT_BBOX_MAX,
     level: float = 0.0,
     coarse_resolution: int | None = None,
     chunk_size: int = 131072,
@@ -251,6 +292,7 @@ def extract_meshes(
     dilation: int = 1,
     max_repair_rounds: int = 8,
     reference_vertex_mapping: bool = False,
+    smooth: bool = False,
 ) -> ExtractionResult:
     """Coarse-to-fine field sampling, then marching cubes on the final (resolution+1)^3 grid.
 
@@ -266,15 +308,20 @@ def extract_meshes(
     interpolated corners get those corners evaluated (up to `max_repair_rounds`), so the
     surface is followed wherever it leaves the band. When every level-crossing cell is
     found, the mesh equals `extract_meshes_dense` exactly.
+
+    Boxes are shared (3,) or per row (B, 3). With `smooth` the grid is box-filtered before
+    marching cubes (the reference's post-filter), and the band grows by the filter's reach:
+    every raw sample within one sample of a cell where the smoothed field crosses the level is
+    evaluated (repeated until no such sample is missing), so the smoothed values marching
+    cubes reads are exact there too and the mesh again equals the dense one.
     """
     coarse = coarse_resolution or _default_coarse(resolution)
     ratio = resolution // coarse
     if resolution % coarse or ratio & (ratio - 1):
         raise ValueError(f"resolution {resolution} must be coarse_resolution {coarse} times a power of two")
-    axes = grid_axes(bbox_min, bbox_max, resolution)
-    sampler = _FieldSampler(field_fn, axes, chunk_size)
-    voxel = (np.asarray(bbox_max, np.float64) - np.asarray(bbox_min, np.float64)) / resolution
-    voxel_diagonal = float(np.linalg.norm(voxel))
+    boxes = _row_boxes(bbox_min, bbox_max, batch_size)
+    sampler = _FieldSampler(field_fn, [grid_axes(low, high, resolution) for low, high in boxes], chunk_size)
+    voxels = [(high.astype(np.float64) - low.astype(np.float64)) / resolution for low, high in boxes]
 
     stride = ratio  # final-grid samples per cell at the current level
     n = coarse
@@ -287,9 +334,10 @@ def extract_meshes(
         if stride == 1:
             break
         refine = []
-        for state in states:
+        for state, voxel in zip(states, voxels):
             slope = _surface_slope(state, level, stride * voxel)
-            near = _reduce_corners(np.abs(state.values - level) < band * slope * stride * voxel_diagonal, np.logical_or)
+            reach = band * slope * stride * float(np.linalg.norm(voxel))
+            near = _reduce_corners(np.abs(state.values - level) < reach, np.logical_or)
             cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, np.logical_and))
             if dilation and stride > 2:
                 from scipy.ndimage import binary_dilation
@@ -303,8 +351,9 @@ def extract_meshes(
         stride //= 2
         _evaluate(sampler, states, refine, stride)
 
-    meshes = [grid_to_mesh(s.values, bbox_min, bbox_max, level, reference_vertex_mapping) for s in states]
-    return ExtractionResult(meshes, sampler.num_queries, sampler.num_calls)
+    if smooth:
+        _repair_smoothed(sampler, states, level)
+    return _finish([s.values for s in states], boxes, level, smooth, reference_vertex_mapping, sampler)
 
 
 def _default_coarse(resolution: int) -> int:
@@ -337,6 +386,21 @@ def _evaluate(sampler: _FieldSampler, states: list[_Level], wanted: list[np.ndar
     for state, idx, vals in zip(states, indices, sampler([i * stride for i in indices])):
         state.values[tuple(idx.T)] = vals
         state.known[tuple(idx.T)] = True
+
+
+def _repair_smoothed(sampler: _FieldSampler, states: list[_Level], level: float, rounds: int = 16) -> None:
+    """Evaluate every raw sample the box filter reads for a corner of a cell where the smoothed field crosses."""
+    from scipy.ndimage import binary_dilation
+
+    for _ in range(rounds):
+        wanted = []
+        for state in states:
+            smoothed = box_smooth(torch.from_numpy(np.ascontiguousarray(state.values))).numpy()
+            corners = _cells_to_samples(_straddling_cells(smoothed, level), 1)
+            wanted.append(binary_dilation(corners, np.ones((3, 3, 3), bool)) & ~state.known)
+        if not any(w.any() for w in wanted):
+            return
+        _evaluate(sampler, states, wanted, 1)
 
 
 def _repair(sampler: _FieldSampler, states: list[_Level], level: float, stride: int, rounds: int) -> None:

@@ -55,7 +55,7 @@ class PipelineOptions(ConfigMixin):
     steps: int = 50
     guidance_scale: float = 7.0
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
-    mesh_resolution: int = 128  # marching-cubes samples per axis when the request gives none
+    mesh_resolution: int = 256  # marching-cubes cells per axis when the request gives none (MIDI-3D's octree depth 8)
     refine_poses: bool = False  # fit each instance's pose to its mask after the camera solve
     attention: str = "multi_instance"  # the layout of the chosen blocks: "multi_instance" or "scene_context"
 
@@ -402,7 +402,7 @@ def make_tiny_random_pipeline(folder: str | Path, seed: int = 0, inside_fraction
         with torch.no_grad():
             vae.decoder.proj_out.bias.fill_(-1e4)  # the field is minus the output: far outside everywhere
     options = PipelineOptions(frame="view", num_tokens=64, steps=4, guidance_scale=3.0,
-                              mi_blocks=components["transformer"].default_mi_blocks(3))
+                              mi_blocks=components["transformer"].default_mi_blocks(3), mesh_resolution=32)
     folder = Path(folder)
     save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
     return folder

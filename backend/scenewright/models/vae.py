@@ -20,10 +20,6 @@ from ..config import ConfigMixin
 from .attention import Attention, FeedForward, FP32LayerNorm
 
 
-# The field is meshed in [-MESH_BOX, MESH_BOX]^3: the reference's bounds (its shapes fill [-1, 1]^3).
-MESH_BOX = 1.005
-
-
 @dataclass
 class TripoSGVAEConfig(ConfigMixin):
     """Fields of the hub `vae/config.json` (defaults = the reference constructor's)."""
@@ -157,11 +153,12 @@ class TripoSGVAEModel(nn.Module):
     @torch.no_grad()
     def meshes(self, latents: torch.Tensor, resolution: int,
                check_cancel: Callable[[], None] | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        """The field of every latent at once, meshed coarse-to-fine in [-MESH_BOX, MESH_BOX]^3 (None: no surface).
+        """MIDI-3D's meshes of every latent at once (None: no surface): the reference's two-box recipe with its
+        box filter and vertex mapping (`meshing.reference_extraction`), sampled coarse-to-fine.
 
         `check_cancel` runs before every chunk of decoder queries and raises to stop.
         """
-        from ..meshing import extract_meshes
+        from ..meshing import reference_extraction
 
         kv = self.decoder_kv(latents.to(self.post_quant.weight.dtype))
 
@@ -170,7 +167,7 @@ class TripoSGVAEModel(nn.Module):
                 check_cancel()
             return self.query(kv, points.to(kv.device, torch.float32)).float()  # coordinates stay fp32
 
-        extraction = extract_meshes(field_fn, latents.shape[0], resolution, (-MESH_BOX,) * 3, (MESH_BOX,) * 3)
+        extraction = reference_extraction(field_fn, latents.shape[0], resolution)
         return [None if m is None else (m.vertices, m.faces) for m in extraction.meshes]
 
     def smooth_gradient(self, gradient: torch.Tensor, latents: torch.Tensor, sigma: float) -> torch.Tensor:
