@@ -30,7 +30,7 @@ from .properties import parse_blocks
 
 BATCH_SUMMARY = "summary.json"
 # protocol.GenerationSettings fields that are SCENEWRIGHT_PG_scene properties of the same name
-_SETTING_PROPS = ("steps", "seed", "mesh_resolution", "scene_size_m", "model", "guidance")
+_SETTING_PROPS = ("steps", "seed", "mesh_resolution", "max_faces", "scene_size_m", "model", "guidance")
 
 
 class GenerationError(RuntimeError):
@@ -39,8 +39,11 @@ class GenerationError(RuntimeError):
 
 def generate(image: str, seg: str, out: str | None = None, *, render: str | None = None,
              backend: BackendSettings | None = None, settings: dict[str, Any] | None = None,
-             render_samples: int = 16) -> dict[str, Any]:
+             render_samples: int = 16, ground: bool = False, colors: bool = True) -> dict[str, Any]:
     """Generate a scene from an image + seg map into a fresh file; save it to `out` (.blend) and render it if asked.
+
+    The import adds a ground plane when `ground`, materials in the reference's colours when
+    `colors`, and, for a render, a sun and a sky (in the result's collection).
 
     The current file is replaced by an empty one first (unsaved changes are lost): this is for batch work;
     interactively, use the panel's Generate.
@@ -55,6 +58,7 @@ def generate(image: str, seg: str, out: str | None = None, *, render: str | None
         seg_image.colorspace_settings.name = "Non-Color"
         _apply_settings(props, settings or {})
         props.reference_image, props.seg_image = reference, seg_image
+        props.use_colors, props.add_ground, props.add_lighting = colors, ground, bool(render)
         errors: list[str] = []
         start_generation(bpy.context, backend or get_preferences().backend_settings(), errors.append)
     except InputError as exc:
@@ -85,7 +89,8 @@ def generate(image: str, seg: str, out: str | None = None, *, render: str | None
 
 
 def batch(input_dir: str, out_dir: str, *, backend: BackendSettings | None = None,
-          settings: dict[str, Any] | None = None, render: bool = False, render_samples: int = 16) -> dict[str, Any]:
+          settings: dict[str, Any] | None = None, render: bool = False, render_samples: int = 16,
+          ground: bool = False, colors: bool = True) -> dict[str, Any]:
     """Every sub-folder of `input_dir` holding image.png + seg.png -> `out_dir`/<name>.blend; failures are recorded,
     not fatal. Writes and returns `out_dir`/summary.json."""
     cases = sorted(p for p in Path(input_dir).iterdir() if p.is_dir()) if Path(input_dir).is_dir() else []
@@ -101,7 +106,8 @@ def batch(input_dir: str, out_dir: str, *, backend: BackendSettings | None = Non
         try:
             entry.update(generate(str(case / "image.png"), str(case / "seg.png"), str(out / f"{case.name}.blend"),
                                   render=str(out / f"{case.name}.png") if render else None,
-                                  backend=backend, settings=settings, render_samples=render_samples))
+                                  backend=backend, settings=settings, render_samples=render_samples,
+                                  ground=ground, colors=colors))
             entry["ok"] = True
         except GenerationError as exc:
             entry["error"] = str(exc)
@@ -128,6 +134,8 @@ def _apply_settings(props, settings: dict[str, Any]) -> None:
         value = getattr(checked, name)
         if value is not None:
             setattr(props, name, value)
+    if checked.labels is not None:
+        props.labels = ", ".join(checked.labels)
     if checked.guidance_scale is not None:
         props.custom_guidance, props.guidance_scale = True, checked.guidance_scale
     if checked.mi_blocks is not None:
@@ -135,22 +143,9 @@ def _apply_settings(props, settings: dict[str, Any]) -> None:
     props.timi_alpha = checked.timi.alpha
 
 
-def _light_if_unlit(scene: bpy.types.Scene) -> None:
-    """A fresh file has no world and no light: add a soft light-grey sky and a sun, like a blockout studio."""
-    if scene.world is None:
-        scene.world = bpy.data.worlds.new("SceneWright sky")
-        scene.world.color = (0.8, 0.8, 0.82)
-    if not any(obj.type == "LIGHT" for obj in scene.objects):
-        sun = bpy.data.objects.new("SceneWright sun", bpy.data.lights.new("SceneWright sun", type="SUN"))
-        sun.data.energy = 3.0
-        sun.rotation_euler = (0.7, 0.2, 0.6)
-        scene.collection.objects.link(sun)
-
-
 def _render(scene: bpy.types.Scene, path: str, samples: int) -> None:
     if scene.camera is None:
         raise GenerationError("the result has no camera to render through")
-    _light_if_unlit(scene)
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
@@ -197,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
         opts.add_argument("--seed", type=int)
         opts.add_argument("--mi-blocks", help="multi-instance blocks, e.g. 8-12 or 8,10,12")
         opts.add_argument("--mesh-resolution", type=int)
+        opts.add_argument("--max-faces", type=int, help="decimate each object to at most this many faces")
+        opts.add_argument("--labels", help="a name per object in instance order, comma-separated (chair,table,lamp)")
+        opts.add_argument("--ground", action="store_true", help="add a ground plane at z = 0")
+        opts.add_argument("--no-colors", action="store_true", help="leave the objects without colour materials")
         opts.add_argument("--scene-size", type=float, dest="scene_size_m", help="scene width in metres")
     return parser
 
@@ -220,7 +219,10 @@ def _backend_from_args(args: argparse.Namespace) -> BackendSettings:
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings = {name: getattr(args, name) for name in ("model", "steps", "guidance_scale", "seed", "mesh_resolution",
-                                                        "scene_size_m", "guidance") if getattr(args, name) is not None}
+                                                        "max_faces", "scene_size_m", "guidance")
+                if getattr(args, name) is not None}
+    if args.labels:
+        settings["labels"] = [part.strip() for part in args.labels.split(",")]
     if args.mi_blocks:
         settings["mi_blocks"] = parse_blocks(args.mi_blocks)
     return settings
@@ -236,11 +238,11 @@ def main(argv: list[str]) -> int:
         backend, settings = _backend_from_args(args), _settings_from_args(args)
         if args.command == "generate":
             summary = generate(args.image, args.seg, args.out, render=args.render, backend=backend, settings=settings,
-                               render_samples=args.render_samples)
+                               render_samples=args.render_samples, ground=args.ground, colors=not args.no_colors)
             print(f"scenewright: {len(summary['objects'])} objects from job {summary['job_id']} -> {summary['blend']}")
             return 0
         summary = batch(args.input_dir, args.out_dir, backend=backend, settings=settings, render=args.render,
-                        render_samples=args.render_samples)
+                        render_samples=args.render_samples, ground=args.ground, colors=not args.no_colors)
         print(f"scenewright: {summary['succeeded']} succeeded, {summary['failed']} failed; "
               f"see {Path(args.out_dir) / BATCH_SUMMARY}")
         return 0 if summary["failed"] == 0 else 1

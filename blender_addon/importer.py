@@ -96,8 +96,20 @@ def read_result(result_dir: str | Path) -> tuple[protocol.ResultManifest, dict[s
     return manifest, meshes
 
 
-def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy.types.Image | None = None) -> ImportedResult:
-    """Create a new collection with one object per instance, and a camera when the result has one."""
+@dataclass
+class ImportOptions:
+    """What an import adds beyond the objects and the camera (panel toggles; the CLI sets them too)."""
+
+    colors: bool = True  # a material per object in the colour of its reference pixels
+    ground: bool = False  # a plane at z = 0 under the scene: floor and contact shadows in renders
+    lighting: bool = False  # a sun (and a sky when the scene has no world), unless the scene has its own light
+
+
+def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy.types.Image | None = None,
+                  options: ImportOptions | None = None) -> ImportedResult:
+    """Create a new collection with one object per instance (named after its label), a camera when the result
+    has one, and what `options` ask for; everything it creates is in that collection (a world is reused)."""
+    options = options or ImportOptions()
     manifest, meshes = read_result(result_dir)
     settings_json = json.dumps(manifest.settings, sort_keys=True)
     collection = bpy.data.collections.new(f"SceneWright {manifest.job_id[:8]}")
@@ -111,8 +123,11 @@ def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy
             continue
         vertices, faces = meshes[record.node]
         vertices, transform = _bottom_centred(vertices, np.asarray(record.transform, dtype=np.float64))
-        mesh = _new_mesh(record.node, vertices, faces)
-        obj = bpy.data.objects.new(record.node, mesh)
+        name = record.label or record.node  # Blender makes repeated names unique: chair, chair.001
+        mesh = _new_mesh(name, vertices, faces)
+        if options.colors and record.color is not None:
+            mesh.materials.append(_material(name, record.color))
+        obj = bpy.data.objects.new(name, mesh)
         obj.matrix_world = Matrix(transform.tolist())
         obj[PROP_PREFIX + "job_id"] = manifest.job_id
         obj[PROP_PREFIX + "seed"] = int(manifest.settings.get("seed") or 0)
@@ -123,7 +138,65 @@ def import_result(result_dir: str | Path, scene: bpy.types.Scene, reference: bpy
         imported.objects.append(obj)
     if manifest.camera is not None:
         imported.camera = _add_camera(manifest, collection, scene, reference)
+    if options.ground:
+        _add_ground(collection, imported.objects)
+    if options.lighting:
+        _add_lighting(scene, collection)
     return imported
+
+
+def _srgb_to_linear(value: float) -> float:
+    return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+
+def _material(name: str, srgb: list[float]) -> bpy.types.Material:
+    """A diffuse material whose base colour is the instance's reference colour (Blender's colours are linear)."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    linear = (*(_srgb_to_linear(float(c)) for c in srgb), 1.0)
+    material.diffuse_color = linear  # the viewport's solid mode shows it too
+    bsdf = material.node_tree.nodes.get("Principled BSDF")
+    if bsdf is not None:
+        bsdf.inputs["Base Color"].default_value = linear
+        bsdf.inputs["Roughness"].default_value = 0.8
+    material[PROP_PREFIX + "color_srgb"] = [float(c) for c in srgb]
+    return material
+
+
+def _add_ground(collection: bpy.types.Collection, objects: list[bpy.types.Object]) -> bpy.types.Object:
+    """A light grey plane at z = 0, three times as wide as the scene, centred under it."""
+    corners = [np.asarray(obj.matrix_world) @ np.append(np.asarray(v), 1.0) for obj in objects for v in obj.bound_box]
+    points = np.asarray(corners)[:, :2] if corners else np.zeros((1, 2))
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2.0
+    half = 1.5 * max(float((points.max(axis=0) - points.min(axis=0)).max()), 1.0)
+    vertices = [(centre[0] + x * half, centre[1] + y * half, 0.0) for x, y in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    mesh = bpy.data.meshes.new("SceneWright ground")
+    mesh.from_pydata(vertices, [], [(0, 1, 2, 3)])
+    mesh.materials.append(_material("SceneWright ground", [0.72, 0.72, 0.72]))
+    ground = bpy.data.objects.new("SceneWright ground", mesh)
+    ground[PROP_PREFIX + "ground"] = True
+    collection.objects.link(ground)
+    return ground
+
+
+def _add_lighting(scene: bpy.types.Scene, collection: bpy.types.Collection) -> None:
+    """A soft light-grey sky when the scene has no world (a world is shared: an existing one is reused) and a
+    sun in the result's collection when the scene has no light of its own."""
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("SceneWright sky")
+        scene.world.color = (0.8, 0.8, 0.82)
+        scene.world.use_nodes = True
+        background = scene.world.node_tree.nodes.get("Background")
+        if background is not None:
+            background.inputs["Color"].default_value = (0.62, 0.64, 0.68, 1.0)
+            background.inputs["Strength"].default_value = 0.9
+    if any(obj.type == "LIGHT" for obj in scene.objects if obj.name not in collection.objects):
+        return
+    sun = bpy.data.objects.new("SceneWright sun", bpy.data.lights.new("SceneWright sun", type="SUN"))
+    sun.data.energy = 2.5
+    sun.data.angle = np.radians(8.0)  # soft shadow edges, like the reference renders
+    sun.rotation_euler = (0.7, 0.2, 0.6)
+    collection.objects.link(sun)
 
 
 def _new_mesh(name: str, vertices: np.ndarray, faces: np.ndarray) -> bpy.types.Mesh:

@@ -283,7 +283,9 @@ def apply_import(scene_name: str, job_id: str, folder: Path, reference_name: str
     """Main thread: import a downloaded result (one undo step in the UI)."""
     scene = bpy.data.scenes[scene_name]
     reference = bpy.data.images.get(reference_name) if reference_name else None
-    imported = importer.import_result(folder, scene, reference)
+    props = scene.scenewright
+    options = importer.ImportOptions(colors=props.use_colors, ground=props.add_ground, lighting=props.add_lighting)
+    imported = importer.import_result(folder, scene, reference, options)
     job = scene.scenewright.job(job_id)
     if job is not None:
         job.collection = imported.collection.name

@@ -45,6 +45,7 @@ class SCENEWRIGHT_PT_main(SceneWrightPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("scenewright.create_blank_mask", icon="BRUSH_DATA")
         row.operator("scenewright.auto_masks", icon="AUTO")
+        layout.prop(props, "labels")
 
         running = next((job for job in props.jobs if job.active and is_watched(job.key)), None)
         if running is None:
@@ -79,6 +80,10 @@ class SCENEWRIGHT_PT_settings(SceneWrightPanel, bpy.types.Panel):
         col.prop(props, "seed")
         col.prop(props, "mi_blocks")
         col.prop(props, "mesh_resolution")
+        col.prop(props, "max_faces")
+        col.prop(props, "use_colors")
+        col.prop(props, "add_ground")
+        col.prop(props, "add_lighting")
         col.prop(props, "scene_size_m")
 
 

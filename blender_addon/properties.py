@@ -76,6 +76,19 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
                                  description="Samples per axis of the grid the surfaces are extracted on (higher: finer, "
                                              f"slower; at least {int(protocol.SETTING_RANGES['mesh_resolution'].low)}; "
                                              "0: the model's default)")
+    max_faces: IntProperty(name="Max Faces", default=0, min=0, max=int(protocol.SETTING_RANGES["max_faces"].high),
+                           description="Decimate each object to at most this many faces, for light blockout meshes "
+                                       f"(at least {int(protocol.SETTING_RANGES['max_faces'].low)}; 0: the model's "
+                                       "default, 3000 for the default model)")
+    labels: StringProperty(name="Labels", description="A name per object, in the order of the masks' gray values, "
+                                                      "separated by commas (e.g. chair, table, lamp); empty: none")
+    use_colors: BoolProperty(name="Colours from Picture", default=True,
+                             description="Give each object a material in the colour of its pixels in the reference")
+    add_ground: BoolProperty(name="Ground Plane", default=False,
+                             description="Add a plane at z = 0 under the result (floor and contact shadows in renders)")
+    add_lighting: BoolProperty(name="Add Lighting", default=False,
+                               description="Add a sun (and a sky when the scene has no world) to the result's "
+                                           "collection, unless the scene has its own light")
     scene_size_m: FloatProperty(name="Scene Size", default=0.0, min=0.0, max=protocol.SETTING_RANGES["scene_size_m"].high,
                                 unit="LENGTH", description="Width of the generated scene in metres (0: automatic)")
     error: StringProperty(name="Error")
@@ -90,6 +103,8 @@ class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
             "seed": self.seed,
             "mi_blocks": parse_blocks(self.mi_blocks),
             "mesh_resolution": self.mesh_resolution or None,
+            "max_faces": self.max_faces or None,
+            "labels": [part.strip() for part in self.labels.split(",")] if self.labels.strip() else None,
             "scene_size_m": self.scene_size_m or None,
             "model": self.model.strip() or None,
             "guidance": self.guidance,

@@ -35,6 +35,14 @@ def side_by_side(reference: Path, render: Path, out: Path) -> None:
     canvas.save(out)
 
 
+def labels(example: Path) -> list[str]:
+    """The example's object names (from its scene.json), so the demo's objects are called chair, table..."""
+    import json
+
+    return [inst["label"] for inst in sorted(json.loads((example / "scene.json").read_text())["instances"],
+                                             key=lambda inst: inst["id"])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default="desk", help=f"one of {sorted(p.name for p in EXAMPLES.iterdir())}")
@@ -63,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         summary = cli.generate(str(example / "image.png"), str(example / "seg.png"), str(args.out / "demo.blend"),
-                               render=str(args.out / "demo.png"), backend=backend)
+                               render=str(args.out / "demo.png"), backend=backend, ground=True,
+                               settings={"labels": labels(example)})
     except cli.GenerationError as exc:
         say(f"failed: {exc}")
         return 1

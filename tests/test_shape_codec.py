@@ -129,3 +129,15 @@ def test_codec_meshes_are_placed_by_their_pose() -> None:
     assert np.allclose(np.abs(local).max(axis=0), pose.extents / 2, rtol=0.05)
     finer = codec.meshes(latents[:2], resolution=32)
     assert len(finer[0][1]) > len(meshes[0][1])
+
+
+def test_small_floating_pieces_are_dropped():
+    from scenewright.models.shape_codec import drop_small_pieces
+
+    big, small = trimesh.creation.box(extents=(1, 1, 1)), trimesh.creation.box(extents=(0.1, 0.1, 0.1))
+    small.apply_translation((3, 0, 0))
+    both = trimesh.util.concatenate([big, small])
+    vertices, faces = drop_small_pieces(np.asarray(both.vertices), np.asarray(both.faces), 0.1)
+    assert len(faces) == 12 and len(vertices) == 8 and np.abs(vertices).max() == pytest.approx(0.5)
+    kept = drop_small_pieces(np.asarray(both.vertices), np.asarray(both.faces), 0.001)
+    assert len(kept[1]) == 24  # 1 % of the area is above 0.1 %: both stay

@@ -23,6 +23,10 @@ from .protocol import InstanceRecord, ResultManifest
 BLENDER_TO_GLTF = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
 
 
+def srgb_to_linear(value: float) -> float:
+    return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+
 def node_name(instance_id: int, label: str | None) -> str:
     """Stable, unique node names: the add-on names objects after them."""
     return f"{label}_{instance_id}" if label else f"instance_{instance_id}"
@@ -37,6 +41,11 @@ def write_glb(result: GenerationResult, path: Path) -> None:
         # Mesh data is stored in glTF axes; the node matrix is the Blender transform conjugated into glTF axes.
         vertices = inst.vertices @ root[:3, :3].T
         mesh = trimesh.Trimesh(vertices=vertices, faces=inst.faces, process=False)
+        if inst.color is not None:  # glTF's base colour factor is linear
+            linear = [srgb_to_linear(c) for c in inst.color]
+            mesh.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(
+                name=node_name(inst.id, inst.label), baseColorFactor=[*linear, 1.0], roughnessFactor=0.8,
+                metallicFactor=0.0))
         matrix = root @ inst.transform @ np.linalg.inv(root)
         name = node_name(inst.id, inst.label)
         scene.add_geometry(mesh, node_name=name, geom_name=name, transform=matrix)
@@ -51,8 +60,10 @@ def build_manifest(result: GenerationResult, job_id: str, model: str | None = No
             id=inst.id, node=node_name(inst.id, inst.label), label=inst.label,
             transform=np.asarray(inst.transform, dtype=float).tolist(), bounds=bounds,
             support=result.supports.get(inst.id), empty=inst.empty,
+            color=None if inst.color is None else [round(c, 5) for c in inst.color],
         ))
-    return ResultManifest(job_id=job_id, instances=records, settings=result.settings.to_dict(), frame=result.frame,
+    settings = {**result.settings.to_dict(), "model": result.settings.model or model}  # the model actually used
+    return ResultManifest(job_id=job_id, instances=records, settings=settings, frame=result.frame,
                           camera=result.camera, timings=result.timings, model=model)
 
 

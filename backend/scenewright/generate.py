@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     parser.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: bf16 on CUDA, else fp32)")
     add_generation_arguments(parser)
+    parser.add_argument("--labels", nargs="+", default=None, metavar="NAME",
+                        help="a name per instance, in instance order (ascending seg value): objects are named after them")
     parser.add_argument("--scene-size", type=float, default=None, dest="scene_size_m", help="scene width in metres")
     return parser
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(args, scene_size_m=args.scene_size_m)
+        settings = settings_from_args(args, scene_size_m=args.scene_size_m, labels=args.labels)
     except SettingsError as exc:
         print(f"scenewright generate: {exc}", file=sys.stderr)
         return 2

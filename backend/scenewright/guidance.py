@@ -45,13 +45,12 @@ class StepContext:
     emb2: torch.Tensor | None
     layout: AttentionLayout
     dtype: torch.dtype
+    num_instances: int  # instances of the scene (the rows but a scene-context model's scene row)
 
     def predict(self, latents: torch.Tensor, emb1: torch.Tensor, emb2: torch.Tensor | None) -> torch.Tensor:
-        """The DiT's velocity for rows of latents (a multiple of the instance count) and their embeddings."""
-        rows = latents.shape[0]
-        num_instances = self.emb1.shape[0]
-        timestep = self.timestep.to(latents.device).expand(rows)
-        return self.transformer(latents.to(self.dtype), timestep, emb1, emb2, num_instances=num_instances,
+        """The DiT's velocity for rows of latents (whole scenes: one or both CFG halves) and their embeddings."""
+        timestep = self.timestep.to(latents.device).expand(latents.shape[0])
+        return self.transformer(latents.to(self.dtype), timestep, emb1, emb2, num_instances=self.num_instances,
                                 layout=self.layout).float()
 
 

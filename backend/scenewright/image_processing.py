@@ -154,3 +154,19 @@ def build_conditions(
     mask = torch.from_numpy(np.stack(masks).astype(np.float32)).unsqueeze(1)
     mask = F.interpolate(mask, size=dino_instances.shape[-2:], mode="nearest")
     return clip_pixels, torch.cat([dino_instances, dino_scene, mask], dim=1)
+
+
+def mask_colours(image: Image.Image, masks: list[np.ndarray]) -> list[tuple[float, float, float]]:
+    """Per mask the mean sRGB colour (0..1) of the image's pixels under it, its one-pixel edge left out
+    (edge pixels mix in the background); a mask too thin to keep anything uses all its pixels."""
+    from scipy.ndimage import binary_erosion
+
+    pixels = np.asarray(to_rgb_image(image), np.float64) / 255.0
+    out = []
+    for mask in masks:
+        mask = np.asarray(mask, bool)
+        core = binary_erosion(mask)
+        chosen = core if core.any() else mask
+        mean = pixels[chosen].mean(axis=0) if chosen.any() else np.full(3, 0.8)
+        out.append((float(mean[0]), float(mean[1]), float(mean[2])))
+    return out

@@ -149,6 +149,27 @@ def reference_extraction(field_fn: FieldFn, batch_size: int, resolution: int = 2
     return second
 
 
+def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_faces` faces by quadric edge collapse (fast-simplification through trimesh).
+
+    A closed mesh stays closed: when a collapse opens it, the target is raised (up to three times)
+    and, failing that, the mesh is returned as it was.
+    """
+    if len(faces) <= max_faces:
+        return vertices, faces
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    closed = mesh.is_watertight
+    target = max_faces
+    for _ in range(4):
+        light = mesh.simplify_quadric_decimation(face_count=target)
+        if len(light.faces) and (light.is_watertight or not closed):
+            return np.asarray(light.vertices, np.float32), np.asarray(light.faces, np.int32)
+        target = int(target * 1.5)
+    return vertices, faces
+
+
 # ---- field evaluation ------------------------------------------------------------------------
 
 

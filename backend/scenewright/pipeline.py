@@ -25,9 +25,10 @@ from PIL import Image
 
 from .config import ConfigMixin
 from .guidance import ClassifierFreeGuidance, StepContext, TimiGuidance
-from .image_processing import build_conditions, resize_target, to_rgb_image
+from .image_processing import build_conditions, mask_colours, resize_target, to_rgb_image
 from .models.dit import PLAIN, AttentionLayout
 from .masks import InstanceMask, MaskError, instances_from_seg
+from .meshing import decimate
 from .protocol import MAX_INSTANCES, GenerationSettings
 
 ProgressFn = Callable[[str, int, int], None]
@@ -57,6 +58,7 @@ class PipelineOptions(ConfigMixin):
     mi_blocks: list[int] | None = None  # None = the transformer's default_mi_blocks()
     mesh_resolution: int = 256  # marching-cubes cells per axis when the request gives none (MIDI-3D's octree depth 8)
     refine_poses: bool = False  # fit each instance's pose to its mask after the camera solve
+    max_faces: int | None = None  # faces per object when the request gives no max_faces (None: as decoded)
     attention: str = "multi_instance"  # the layout of the chosen blocks: "multi_instance" or "scene_context"
 
 
@@ -108,6 +110,7 @@ class GeneratedInstance:
     vertices: np.ndarray  # (V, 3) float32, local frame (origin at the bottom centre once placed)
     faces: np.ndarray  # (F, 3) int32
     transform: np.ndarray = field(default_factory=lambda: np.eye(4))  # local -> scene (Blender matrix_world)
+    color: tuple[float, float, float] | None = None  # sRGB 0..1, from the reference pixels under the mask
 
     @property
     def empty(self) -> bool:
@@ -218,12 +221,13 @@ class ScenePipeline:
         float32 between steps (the DiT may run in bf16/fp16).
         """
         cfg = next((g for g in guiders if isinstance(g, ClassifierFreeGuidance)), ClassifierFreeGuidance(1.0))
+        num_instances = latents.shape[0] - int(has_scene_row(layout))
         self.scheduler.set_timesteps(steps)
         with torch.no_grad():
             for i, t in enumerate(self.scheduler.timesteps):
                 if should_cancel is not None and should_cancel():
                     raise GenerationCancelled()
-                ctx = StepContext(self.transformer, t, i, emb1, emb2, layout, self.dtype)
+                ctx = StepContext(self.transformer, t, i, emb1, emb2, layout, self.dtype, num_instances)
                 for guider in guiders:
                     latents = guider.update_latents(ctx, latents)
                 latents = self.scheduler.step(cfg.velocity(ctx, latents), t, latents)
@@ -274,7 +278,6 @@ class ScenePipeline:
         settings: GenerationSettings | None = None,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
-        labels: dict[int, str] | None = None,
     ) -> GenerationResult:
         settings = settings or GenerationSettings()
         report = progress or (lambda stage, step, total: None)
@@ -284,20 +287,26 @@ class ScenePipeline:
         report("preprocess", 0, 1)
         scene = to_rgb_image(image)
         instances = _as_instances(masks, scene.size)
+        if settings.labels is not None and len(settings.labels) != len(instances):
+            raise MaskError(f"{len(settings.labels)} labels for {len(instances)} instances: give one per instance")
+        labels = dict(zip([i.id for i in instances], settings.labels or []))
         timings["preprocess"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         report("encode", 0, 1)
-        emb1, emb2 = self.encode_conditions(scene, [m.mask for m in instances])
+        layout = self.attention_layout(settings)
+        masks = [m.mask for m in instances]
+        # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
+        rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
+        emb1, emb2 = self.encode_conditions(scene, rows)
         synchronize(self.device)
         timings["encode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        layout = self.attention_layout(settings)
-        guiders = self.guiders(settings, [m.mask for m in instances])
-        latents = self.prepare_latents(len(instances), settings.seed)
+        guiders = self.guiders(settings, masks)
+        latents = self.prepare_latents(len(rows), settings.seed)
         steps = settings.steps or self.options.steps
-        latents = self.denoise(latents, emb1, emb2, steps, guiders, layout, report, should_cancel)
+        latents = self.denoise(latents, emb1, emb2, steps, guiders, layout, report, should_cancel)[: len(instances)]
         synchronize(self.device)
         timings["denoise"] = time.perf_counter() - clock
 
@@ -308,19 +317,28 @@ class ScenePipeline:
         if all(mesh is None for mesh in meshes):
             raise EmptyResult(f"none of the {len(meshes)} instances came out with a surface; try another seed, more "
                               "steps or another guidance scale")
+        max_faces = settings.max_faces or self.options.max_faces
+        if max_faces:
+            meshes = [None if m is None else decimate(*m, max_faces) for m in meshes]
 
         clock = time.perf_counter()
         report("place", 0, 1)
         view_meshes = [_to_view_frame(mesh, self.options.frame) for mesh in meshes]
-        labels = labels or {}
         # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
         solve_yaw = self.options.frame == "midi"
         generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw,
                                              self.options.refine_poses)
+        for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
+            inst.color = colour
         timings["place"] = time.perf_counter() - clock
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
                  "native": self.options.frame}
         return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
+
+def has_scene_row(layout: AttentionLayout) -> bool:
+    """Scene-context attention in some block: each scene is its instances plus one scene row."""
+    return layout.mode == "scene_context" and bool(layout.blocks)
+
 
 def default_model_path() -> Path:
     """The model this project trains and ships, inside the package."""

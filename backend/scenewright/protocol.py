@@ -38,6 +38,7 @@ def default_data_dir() -> Path:
 MAX_INSTANCES = 16
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_SIDE = 4096
+MAX_LABEL_LENGTH = 63  # Blender's object and mesh names hold 63 bytes
 MIN_IMAGE_SIDE = 16
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -64,6 +65,7 @@ SETTING_RANGES: dict[str, SettingRange] = {
     "guidance_scale": SettingRange(0.0, 30.0),
     "seed": SettingRange(0, 2**31 - 1),
     "mesh_resolution": SettingRange(16, 512),
+    "max_faces": SettingRange(100, 10_000_000),
     "scene_size_m": SettingRange(0.05, 1000.0),
     "timi.layers": SettingRange(0, 255),
     "timi.steps": SettingRange(1, 200),
@@ -122,8 +124,10 @@ class GenerationSettings:
     seed: int = 0
     mi_blocks: list[int] | None = None
     mesh_resolution: int | None = None
+    max_faces: int | None = None  # decimate each object to at most this many faces; None: the model's default
     scene_size_m: float | None = None
     model: str | None = None
+    labels: list[str] | None = None  # a name per instance, in instance order (ascending seg value, or mask order)
     guidance: str = "cfg"  # one of GUIDANCE_METHODS
     timi: TimiSettings = field(default_factory=TimiSettings)
 
@@ -139,7 +143,7 @@ class GenerationSettings:
         if unknown:
             raise SettingsError(f"unknown setting(s) {unknown}; known settings are {sorted(known)}")
         out = cls()
-        for name in ("steps", "seed", "mesh_resolution"):
+        for name in ("steps", "seed", "mesh_resolution", "max_faces"):
             if name in data and data[name] is not None:
                 setattr(out, name, _int_in_range(name, data[name]))
         for name in ("guidance_scale", "scene_size_m"):
@@ -159,6 +163,13 @@ class GenerationSettings:
             if not isinstance(model, str) or not model.strip() or len(model) > 512:
                 raise SettingsError("model must be a non-empty string of at most 512 characters")
             out.model = model
+        if data.get("labels") is not None:
+            labels = data["labels"]
+            if not isinstance(labels, list) or len(labels) > MAX_INSTANCES or not all(
+                    isinstance(label, str) and 0 < len(label.strip()) <= MAX_LABEL_LENGTH for label in labels):
+                raise SettingsError(f"labels must be a list of at most {MAX_INSTANCES} names (1 to {MAX_LABEL_LENGTH} "
+                                    "characters each), one per instance, e.g. [\"chair\", \"table\"]")
+            out.labels = [label.strip() for label in labels]
         if data.get("guidance") is not None:
             if data["guidance"] not in GUIDANCE_METHODS:
                 raise SettingsError(f"guidance must be one of {list(GUIDANCE_METHODS)}, got {data['guidance']!r}")
@@ -233,6 +244,8 @@ class InstanceRecord:
     bounds: list[list[float]] | None = None
     support: int | None = None  # id of the instance it rests on, None for the ground
     empty: bool = False
+    # sRGB 0..1: the mean colour of the reference pixels under the instance's mask (its edge left out)
+    color: list[float] | None = None
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 from .protocol import GUIDANCE_METHODS, GenerationSettings, TimiSettings
 
 
-def _on_off(text: str) -> bool:
+def on_off(text: str) -> bool:
+    """argparse type of a boolean option: on/off, true/false, yes/no, 1/0."""
     value = text.strip().lower()
     if value in ("on", "true", "yes", "1"):
         return True
@@ -23,7 +24,7 @@ def _on_off(text: str) -> bool:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """--steps, --guidance-scale, --guidance, --timi-*, --seed, --mi-blocks, --mesh-resolution."""
+    """--steps, --guidance-scale, --guidance, --timi-*, --seed, --mi-blocks, --mesh-resolution, --max-faces."""
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance scale (default: the model's)")
@@ -32,7 +33,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TimiSettings()
     for f in fields(TimiSettings):
         value = getattr(defaults, f.name)
-        kind = _on_off if isinstance(value, bool) else type(value)
+        kind = on_off if isinstance(value, bool) else type(value)
         parser.add_argument(f"--timi-{f.name}", type=kind, default=None, metavar=type(value).__name__.upper(),
                             help=f"TIMI {f.name} (default {'on' if value is True else 'off' if value is False else value})")
     parser.add_argument("--seed", type=int, default=0)
@@ -40,6 +41,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="blocks with multi-instance attention (default: the model's); give none for K = 0")
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes samples per axis (default: the model's)")
+    parser.add_argument("--max-faces", type=int, default=None,
+                        help="decimate each object to at most this many faces (default: the model's)")
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> GenerationSettings:
@@ -47,5 +50,6 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> GenerationSett
     timi = {f.name: getattr(args, f"timi_{f.name}") for f in fields(TimiSettings)
             if getattr(args, f"timi_{f.name}") is not None}
     data = {"steps": args.steps, "guidance_scale": args.guidance_scale, "guidance": args.guidance, "timi": timi,
-            "seed": args.seed, "mi_blocks": args.mi_blocks, "mesh_resolution": args.mesh_resolution, **extra}
+            "seed": args.seed, "mi_blocks": args.mi_blocks, "mesh_resolution": args.mesh_resolution,
+            "max_faces": args.max_faces, **extra}
     return GenerationSettings.from_dict(data)

@@ -83,7 +83,10 @@ def describe(objects):
             world = np.array([(obj.matrix_world @ v.co)[:] for v in obj.data.vertices]).reshape(-1, 3)
             entry.update(mesh=obj.data.name, mesh_users=obj.data.users, faces=len(obj.data.polygons),
                          local_min=local.min(0).tolist(), local_max=local.max(0).tolist(),
-                         world_min=world.min(0).tolist(), world_max=world.max(0).tolist())
+                         world_min=world.min(0).tolist(), world_max=world.max(0).tolist(),
+                         materials=[{"name": m.name, "diffuse": list(m.diffuse_color),
+                                     "base": list(m.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value)}
+                                    for m in obj.data.materials if m is not None])
         if obj.type == "CAMERA":
             background = obj.data.background_images[0] if obj.data.background_images else None
             entry.update(angle=obj.data.angle, sensor_fit=obj.data.sensor_fit, show_bg=obj.data.show_background_images,

@@ -73,15 +73,16 @@ class CodecModelPreset:
     scheduler_shift: float = 1.0
 
 
-def _default_model() -> CodecModelPreset:
-    condition, codec = ConditionEncoderConfig(), ShapeCodecConfig()
+def codec_model_preset(codec: ShapeCodecConfig | None = None) -> CodecModelPreset:
+    """The default model's architecture around a shape codec's latent layout (its tokens x channels)."""
+    condition, codec = ConditionEncoderConfig(), codec or ShapeCodecConfig()
     transformer = TripoSGDiTConfig(num_attention_heads=8, width=256, in_channels=codec.channels, num_layers=8,
                                    cross_attention_dim=condition.global_dim,
                                    cross_attention_2_dim=condition.token_dim, latent_positions=codec.tokens)
     return CodecModelPreset(transformer, condition, codec)
 
 
-DEFAULT_MODEL = _default_model()
+DEFAULT_MODEL = codec_model_preset()
 
 
 def build_codec_model(preset: CodecModelPreset = DEFAULT_MODEL, seed: int = 0,

@@ -42,6 +42,9 @@ class ShapeCodecConfig(ConfigMixin):
     channels: int = 8
     truncation: float = 0.1  # signed distances are clamped to +-truncation (unit-cube units)
     level: float = 0.0  # marching-cubes level of the decoded grid
+    # connected pieces with less than this share of the largest piece's area are dropped: a sampled grid
+    # may hold small floating blobs, which no blockout object has (composites are joined parts)
+    min_piece: float = 0.1
 
     def __post_init__(self) -> None:
         if self.tokens * self.channels != POSE_SIZE + self.num_components:
@@ -173,9 +176,34 @@ class ShapeCodec(nn.Module):
             if mesh is None:
                 out.append(None)
                 continue
-            vertices = BoxPose.from_vector(pose).apply(mesh.vertices)
-            out.append((vertices.astype(np.float32), mesh.faces.astype(np.int32)))
+            vertices, faces = drop_small_pieces(mesh.vertices, mesh.faces, self.config.min_piece)
+            vertices = BoxPose.from_vector(pose).apply(vertices)
+            out.append((vertices.astype(np.float32), faces.astype(np.int32)))
         return out
+
+
+def drop_small_pieces(vertices: np.ndarray, faces: np.ndarray, min_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the connected pieces (faces joined by shared vertices) with at least `min_share` of the largest one's area."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if min_share <= 0 or len(faces) == 0:
+        return vertices, faces
+    count = len(vertices)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count))
+    pieces, label = connected_components(graph, directed=False)
+    if pieces == 1:
+        return vertices, faces
+    tri = vertices[faces].astype(np.float64)
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    piece_area = np.bincount(label[faces[:, 0]], areas, minlength=pieces)
+    keep_faces = piece_area[label[faces[:, 0]]] >= min_share * piece_area.max()
+    kept = faces[keep_faces]
+    used = np.unique(kept)
+    remap = np.full(count, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[kept]
 
 
 def gaussian_blur_3d(volume: torch.Tensor, sigma: float) -> torch.Tensor:

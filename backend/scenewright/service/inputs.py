@@ -135,5 +135,8 @@ def parse_submission(image: bytes, seg: bytes | None, masks: list[bytes], settin
                 raise InputError(f"mask {k} is empty (no white pixels); every mask must mark its object in white")
             instances.append(InstanceMask(id=k + 1, mask=mask))
             files[f"mask_{k:02d}.png"] = data
+    if parsed_settings.labels is not None and len(parsed_settings.labels) != len(instances):
+        raise InputError(f"settings.labels holds {len(parsed_settings.labels)} names for {len(instances)} instances; "
+                         "give one per instance, in instance order (ascending seg value, or mask order)")
     # The image stays in its own mode: the pipeline turns it into RGB (transparent pixels become white, as MIDI expects).
     return Submission(image=scene, masks=instances, settings=parsed_settings, files=files)

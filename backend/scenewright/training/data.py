@@ -267,6 +267,42 @@ def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", res
     }
 
 
+def scene_branch_example(case_dir: str | Path, condition: "ConditionEncoderConfig", resolution: int, truncation: float,
+                         seed: int = 0) -> dict[str, np.ndarray] | None:
+    """The scene row of I-Scene's scene branch for one case: the whole scene as one object of the codec.
+
+    Its condition is the scene image with the union of the masks as the "instance" (crop and
+    box of the union); its target is the union of the visible instances, posed as the
+    scene box (centred at the origin of the normalised view frame, yaw 0) with the signed
+    distance grid of the union in that box.
+    """
+    from PIL import Image
+
+    from ..evaluation.cases import load_case
+    from ..models.condition_encoder import prepare_conditions
+    from ..models.shape_codec import BoxPose
+    from .shape_grids import sdf_grid
+
+    case = load_case(case_dir)
+    visible = [inst for inst in case.instances if (case.seg == inst.id).any()]
+    if not visible:
+        return None
+    image = np.asarray(Image.open(case.image_path).convert("RGB"))
+    union_mask = np.isin(case.seg, [inst.id for inst in visible])
+    inputs = prepare_conditions(image, [union_mask], condition)
+    norm = SceneNormalization.fit([inst.mesh[0] for inst in visible])
+    parts = [(norm.apply(inst.mesh[0]), np.asarray(inst.mesh[1])) for inst in visible]
+    vertices = np.concatenate([v for v, _ in parts])
+    offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
+    faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets)])
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    extents = np.maximum(high - low, 1e-9)
+    grid = sdf_grid((vertices - (low + high) / 2) / extents, faces, resolution, truncation, np.random.default_rng([seed, 4]))
+    pose = BoxPose((low + high) / 2, extents, 0.0)
+    return {"masks": inputs.masks, "crops": inputs.crops, "boxes": inputs.boxes,
+            "poses": pose.to_vector()[None].astype(np.float32), "grids": grid.reshape(1, -1).astype(np.float16)}
+
+
 # ---- shards ----------------------------------------------------------------------------------
 
 

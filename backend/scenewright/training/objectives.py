@@ -138,8 +138,10 @@ class MidiBatches:
         self.modules: dict[str, nn.Module] = {"image_encoder_1": clip, "image_encoder_2": dino}
         self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
 
-    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
+              scene_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if scene_rows:
+            raise ValueError("the MIDI-structured route has no scene branch (scene-context training)")
         clip_px, dino_px = [], []
         for scene, rows in groups:
             clip, dino = conditions(self.data, scene, self.fe1, self.fe2)
@@ -155,28 +157,40 @@ class MidiBatches:
 class SceneBatches:
     """Conditions and targets of the default model: the condition encoder's inputs from scene shards,
     shape-codec latents; with probability `mirror` a scene is seen mirrored left-right (its image
-    inputs flipped, its latents those of the mirrored objects)."""
+    inputs flipped, its latents those of the mirrored objects). With a scene branch (I-Scene's
+    scene-context training) each scene can get one more row after its instances: the whole scene
+    as one object (`data.scene_branch_example`), with its own latents."""
 
     def __init__(self, encoder: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
-                 mirrored_latents: torch.Tensor, mirror: float):
+                 mirrored_latents: torch.Tensor, mirror: float, branch: dict[str, np.ndarray] | None = None,
+                 branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
         self.data, self.latents, self.mirrored, self.mirror = data, latents, mirrored_latents, mirror
+        self.branch, self.branch_latents = branch, branch_latents
 
-    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
+              scene_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..models.condition_encoder import flip_conditions
 
+        if scene_rows and self.branch is None:
+            raise ValueError("scene rows need the scene branch's data (the recipe's branch stage)")
         scenes, masks, crops, boxes, index, x0 = [], [], [], [], [], []
         for k, (scene, rows) in enumerate(groups):
-            tensors = (torch.from_numpy(self.data["scene"][scene][None]), torch.from_numpy(self.data["masks"][rows][:, None]),
-                       torch.from_numpy(self.data["crops"][rows]), torch.from_numpy(self.data["boxes"][rows]))
+            picks = [self.data[name][rows] for name in ("masks", "crops", "boxes")]
+            targets = [self.latents[rows], self.mirrored[rows]]
+            if scene_rows:
+                picks = [np.concatenate([pick, self.branch[name][scene : scene + 1]])
+                         for pick, name in zip(picks, ("masks", "crops", "boxes"))]
+                targets = [torch.cat([t, b[scene : scene + 1]]) for t, b in zip(targets, self.branch_latents)]
+            tensors = (torch.from_numpy(self.data["scene"][scene][None]), torch.from_numpy(picks[0][:, None]),
+                       torch.from_numpy(picks[1]), torch.from_numpy(picks[2]))
             flip = rand.numpy.random() < self.mirror
             if flip:
                 tensors = flip_conditions(*tensors)
             for out, tensor in zip((scenes, masks, crops, boxes), tensors):
                 out.append(tensor)
-            index.append(torch.full((rows.stop - rows.start,), k, dtype=torch.long))
-            x0.append((self.mirrored if flip else self.latents)[rows])
+            index.append(torch.full((len(picks[0]),), k, dtype=torch.long))
+            x0.append(targets[1] if flip else targets[0])
         scale = 1.0 / 255.0
         emb1, emb2 = self.modules["condition_encoder"](
             torch.cat(scenes).to(device).float() * scale, torch.cat(masks).to(device).float() * scale,
@@ -220,12 +234,14 @@ class DiTObjective:
 
     def loss(self, rand: BatchRandom, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         groups, num_instances = self._pick(rand)
-        keep = torch.cat([torch.full((rows.stop - rows.start,), float(rand.numpy.random() >= self.cfg_drop))
+        scene_rows = self.layout.mode == "scene_context" and num_instances > 1  # I-Scene: a scene row per group
+        per_group = num_instances + int(scene_rows)
+        keep = torch.cat([torch.full((rows.stop - rows.start + int(scene_rows),), float(rand.numpy.random() >= self.cfg_drop))
                           for _, rows in groups]).to(device)
-        emb1, emb2, x0 = self.batches.batch(groups, rand, device)
-        # one sigma per group of num_instances rows (logit-normal), repeated over its instances
+        emb1, emb2, x0 = self.batches.batch(groups, rand, device, scene_rows)
+        # one sigma per group (logit-normal), repeated over its rows
         sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
-        sigma = sigma.repeat_interleave(num_instances) if num_instances > 1 else sigma
+        sigma = sigma.repeat_interleave(per_group) if per_group > 1 else sigma
         noise = torch.randn(x0.shape, generator=rand.torch).to(device)
         sigma = sigma.to(device)
         noisy = (1.0 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise

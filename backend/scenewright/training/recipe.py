@@ -5,6 +5,8 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 1. cases     RUN/cases/        procedural blockout scenes rendered by `make-data`
 2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
 3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
+   branch    RUN/data/branch-*  with --attention scene_context only: each scene's scene row (I-Scene's scene
+                                branch) and its latents (RUN/codec/branch-latents.npz)
 4. dit       RUN/codec-dit/    DiT + condition encoder (checkpoints, log.jsonl)
 5. export    the model folder  (default: the package's assets/default-model)
 6. eval      RUN/eval/         predict + eval on ../shared/benchmark/dev when it is there
@@ -24,13 +26,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..config import ConfigMixin
+from ..settings_cli import on_off
 from . import data as D
+
+if TYPE_CHECKING:
+    from ..models.presets import CodecModelPreset
+    from .train import TrainConfig
 
 RECIPE_FILE = "recipe.json"
 STAGE_TIMES = "stages.json"
@@ -47,6 +54,8 @@ class RecipeConfig(ConfigMixin):
     workers: int = 2  # processes for rendering and for the scene shards
     shard_size: int = 100
     fit_objects: int = 6000  # objects the PCA is fitted on (each also mirrored)
+    grid_resolution: int = 32  # the shape codec's signed-distance grid (samples per axis)
+    num_components: int = 64  # its PCA components (with the 8 pose numbers, a multiple of 8: 8-channel tokens)
     steps: int = 6000
     batch_size: int = 32  # instance rows per step
     lr: float = 4e-4
@@ -54,6 +63,7 @@ class RecipeConfig(ConfigMixin):
     ema: float = 0.999
     mirror: float = 0.5
     pose_weight: float = 4.0  # the pose token's loss weight (8 numbers that decide placement, vs 64 for the shape)
+    attention: str = "multi_instance"  # or "scene_context": I-Scene's scene-context attention with a scene branch
     cfg_drop: float = 0.15
     single_fraction: float = 0.25
     sample_steps: int = 24
@@ -62,6 +72,21 @@ class RecipeConfig(ConfigMixin):
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model
     benchmark: str = ""  # cases to evaluate on; "" = ../shared/benchmark/dev when it exists
+    evaluate: bool = True  # predict + eval on the benchmark after the export
+
+
+def recipe_preset(cfg: RecipeConfig) -> "CodecModelPreset":
+    """The architecture the recipe trains: the default model's around the recipe's codec size."""
+    from ..models.presets import codec_model_preset
+    from ..models.shape_codec import POSE_SIZE, ShapeCodecConfig
+
+    channels = ShapeCodecConfig.channels
+    if (POSE_SIZE + cfg.num_components) % channels:
+        raise SystemExit(f"--num-components {cfg.num_components}: with the {POSE_SIZE} pose numbers it must fill "
+                         f"{channels}-channel tokens (a multiple of {channels})")
+    codec = ShapeCodecConfig(grid_resolution=cfg.grid_resolution, num_components=cfg.num_components,
+                             tokens=(POSE_SIZE + cfg.num_components) // channels, channels=channels)
+    return codec_model_preset(codec)
 
 
 def _stage_done(run: Path, stage: str, seconds: float) -> None:
@@ -93,7 +118,6 @@ def make_scene_data(run: Path, cfg: RecipeConfig) -> None:
     from tqdm import tqdm
 
     from ..data.generate import case_name
-    from ..models.presets import DEFAULT_MODEL
 
     out = run / "data"
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +126,8 @@ def make_scene_data(run: Path, cfg: RecipeConfig) -> None:
              for index, chunk in D.chunks(cases, cfg.shard_size)]
     # a shard covers fixed case indices; one whose cases are not all rendered yet waits for the next run
     todo = [t for t in tasks if not t[0].exists() and all((c / "scene.json").is_file() for c in t[1])]
-    work = partial(_shard, condition=DEFAULT_MODEL.condition_encoder, codec=DEFAULT_MODEL.shape_codec, seed=cfg.seed)
+    preset = recipe_preset(cfg)
+    work = partial(_shard, condition=preset.condition_encoder, codec=preset.shape_codec, seed=cfg.seed)
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="scene shards", unit="shard") as bar:
         if cfg.workers > 1:
             with ProcessPoolExecutor(cfg.workers, initializer=_one_thread) as pool:
@@ -121,18 +146,18 @@ def _one_thread() -> None:
 def fit_shape_codec(run: Path, cfg: RecipeConfig) -> None:
     """PCA of the grids of `fit_objects` training objects and their mirrors; latents of every instance."""
     from ..loading import save_component
-    from ..models.presets import DEFAULT_MODEL
     from .shape_grids import fit_codec, mirror_x
 
     data = D.load_shards(run / "data", "scene")
     poses, grids = data["poses"].astype(np.float64), data["grids"]
-    mirrored = [mirror_x(p, g.reshape((DEFAULT_MODEL.shape_codec.grid_resolution,) * 3)) for p, g in zip(poses, grids)]
+    config = recipe_preset(cfg).shape_codec
+    mirrored = [mirror_x(p, g.reshape((config.grid_resolution,) * 3)) for p, g in zip(poses, grids)]
     mirror_poses = np.stack([p for p, _ in mirrored])
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(grids), min(cfg.fit_objects, len(grids)), replace=False))
     fit_grids = np.concatenate([grids[pick].astype(np.float32),
                                 np.stack([mirrored[i][1].reshape(-1) for i in pick]).astype(np.float32)])
-    codec = fit_codec(fit_grids, np.concatenate([poses, mirror_poses]), DEFAULT_MODEL.shape_codec)
+    codec = fit_codec(fit_grids, np.concatenate([poses, mirror_poses]), config)
     del fit_grids
     with torch.no_grad():
         coefficients = torch.cat([codec.project(torch.from_numpy(chunk.astype(np.float32)))
@@ -150,12 +175,50 @@ def fit_shape_codec(run: Path, cfg: RecipeConfig) -> None:
     (folder / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _branch_shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int) -> int:
+    path, cases, first = task
+    examples = [e for k, case in enumerate(cases)
+                if (e := D.scene_branch_example(case, condition, codec.grid_resolution, codec.truncation, seed + first + k))]
+    return D.write_shard(path, examples, {"kind": "branch", "cases": [c.name for c in cases]})
+
+
+def make_branch_data(run: Path, cfg: RecipeConfig) -> None:
+    """Scene-context training: each case's scene row (data.scene_branch_example) in shards beside the scene
+    shards, and its latents from the fitted codec (RUN/codec/branch-latents.npz)."""
+    from ..data.generate import case_name
+    from ..loading import load_component
+    from .shape_grids import mirror_x
+    from .train import BRANCH_LATENTS_FILE
+
+    out = run / "data"
+    cases = [run / "cases" / case_name(i) for i in range(cfg.cases)]
+    tasks = [(out / f"branch-{index:05d}.npz", list(chunk), index * cfg.shard_size)
+             for index, chunk in D.chunks(cases, cfg.shard_size)]
+    preset = recipe_preset(cfg)
+    work = partial(_branch_shard, condition=preset.condition_encoder, codec=preset.shape_codec, seed=cfg.seed)
+    todo = [t for t in tasks if not t[0].exists()]
+    if todo:
+        with ProcessPoolExecutor(max(cfg.workers, 1), initializer=_one_thread) as pool:
+            list(pool.map(work, todo))
+    branch = D.load_shards(out, "branch")
+    codec = load_component(run / "codec")
+    resolution = codec.config.grid_resolution
+    mirrored = [mirror_x(p, g.reshape((resolution,) * 3)) for p, g in zip(branch["poses"].astype(np.float64), branch["grids"])]
+    with torch.no_grad():
+        latents = codec.pack(torch.from_numpy(branch["poses"].astype(np.float64)),
+                             codec.project(torch.from_numpy(branch["grids"].astype(np.float32))))
+        flipped = codec.pack(torch.from_numpy(np.stack([p for p, _ in mirrored])),
+                             codec.project(torch.from_numpy(np.stack([g.reshape(-1) for _, g in mirrored]).astype(np.float32))))
+    np.savez(run / "codec" / BRANCH_LATENTS_FILE, latents=latents.numpy(), mirrored=flipped.numpy())
+
+
 def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
     from .train import TrainConfig
 
     return TrainConfig(stage="codec-dit", out=str(run), data=str(run / "data"), codec=str(run / "codec"), seed=cfg.seed,
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, ema=cfg.ema,
-                       mirror=cfg.mirror, pose_weight=cfg.pose_weight, cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,
+                       mirror=cfg.mirror, pose_weight=cfg.pose_weight, attention=cfg.attention,
+                       cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,
                        sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale,
                        checkpoint_every=cfg.checkpoint_every, log_every=25, device="cpu")
 
@@ -193,6 +256,10 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
         ("data", _shards_complete(run, cfg), make_scene_data),
         ("codec", (run / "codec" / LATENTS_FILE).exists(), fit_shape_codec),
     ]
+    if cfg.attention == "scene_context":
+        from .train import BRANCH_LATENTS_FILE
+
+        stages.append(("branch", (run / "codec" / BRANCH_LATENTS_FILE).exists(), make_branch_data))
     for name, done, stage in stages:
         if done:
             continue
@@ -215,9 +282,10 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     export_codec_model(run, model, recipe=cfg.to_dict())
     _stage_done(run, "export", time.perf_counter() - start)
     print(f"recipe: model written to {model}", file=sys.stderr)
-    start = time.perf_counter()
-    evaluate(run, cfg, model)
-    _stage_done(run, "eval", time.perf_counter() - start)
+    if cfg.evaluate:
+        start = time.perf_counter()
+        evaluate(run, cfg, model)
+        _stage_done(run, "eval", time.perf_counter() - start)
     return 0
 
 
@@ -236,8 +304,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, type=Path, help="run folder (resumable)")
     defaults = RecipeConfig()
     for f in fields(RecipeConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name))
+        value = getattr(defaults, f.name)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=on_off if isinstance(value, bool) else type(value),
+                            default=value)
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "out"}
+    if values["attention"] not in ("multi_instance", "scene_context"):
+        parser.error("--attention must be multi_instance or scene_context")
     return run_recipe(args.out, RecipeConfig.from_dict(values))

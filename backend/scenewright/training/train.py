@@ -40,11 +40,14 @@ from .objectives import BatchRandom, DiTObjective, MidiBatches, SceneBatches, VA
 
 STAGES = ("vae-data", "dit-data", "vae", "dit")
 CONFIG_FILE = "training_config.json"
+BRANCH_LATENTS_FILE = "branch-latents.npz"  # in the codec folder: the scene rows' latents (scene-context training)
 # settings a resumed run may change: where things are on this machine, and when to stop this session
 RESUMABLE_OVERRIDES = ("data", "device", "stop_at", "workers")
 # exported weights are stored in half precision: half the size of the shipped model (50 MB budget);
 # loading casts them to the device's dtype
 EXPORT_DTYPE = torch.float16
+# faces per object of the default model's meshes: light blockout meshes (32^3 marching cubes give 5k-15k)
+DEFAULT_MAX_FACES = 3000
 
 
 @dataclass
@@ -82,6 +85,7 @@ class TrainConfig(ConfigMixin):
     single_fraction: float = 0.25
     mirror: float = 0.0  # codec-dit: share of scenes seen mirrored left-right
     pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
+    attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
     logit_mean: float = 0.0
     logit_std: float = 1.0
     sample_steps: int = 16  # exported sampling defaults
@@ -310,18 +314,19 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     transformer = components["transformer"]
     mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
     batches = MidiBatches(components["image_encoder_1"], components["image_encoder_2"], data, latents, fe1, fe2)
-    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, transformer.layout(mi_blocks), cfg.cfg_drop,
-                             cfg.single_fraction, cfg.logit_mean, cfg.logit_std)
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, transformer.layout(mi_blocks),
+                             cfg.cfg_drop, cfg.single_fraction, cfg.logit_mean, cfg.logit_std)
     return Trainer(cfg, objective, device)
 
 
 def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
     """The default model's DiT and condition encoder over the shape codec's latents (training/recipe.py)."""
-    from ..models.presets import build_codec_model
+    from ..loading import load_component
+    from ..models.presets import build_codec_model, codec_model_preset
 
     if cfg.codec is None:
         raise SystemExit("--stage codec-dit needs --codec FOLDER (the recipe's RUN/codec)")
-    components = build_codec_model(seed=cfg.seed, device=device)
+    components = build_codec_model(codec_model_preset(load_component(cfg.codec).config), seed=cfg.seed, device=device)
     data = D.load_shards(cfg.data, "scene")
     with np.load(Path(cfg.codec) / "latents.npz") as cached:
         latents, mirrored = torch.from_numpy(cached["latents"]), torch.from_numpy(cached["mirrored"])
@@ -330,11 +335,20 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
                          f"{len(data['poses'])}: refit the codec")
     transformer = components["transformer"]
     mi_blocks = cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3)
-    batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror)
+    branch, branch_latents = None, None
+    if cfg.attention == "scene_context":
+        branch = D.load_shards(cfg.data, "branch")
+        with np.load(Path(cfg.codec) / BRANCH_LATENTS_FILE) as cached:
+            branch_latents = (torch.from_numpy(cached["latents"]), torch.from_numpy(cached["mirrored"]))
+        if len(branch_latents[0]) != len(data["num_instances"]):
+            raise SystemExit(f"{cfg.codec} holds scene-branch latents of {len(branch_latents[0])} scenes but "
+                             f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
+    batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents)
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
-    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size, transformer.layout(mi_blocks), cfg.cfg_drop,
-                             cfg.single_fraction, cfg.logit_mean, cfg.logit_std, token_weights=weights)
+    objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size,
+                             transformer.layout(mi_blocks, cfg.attention), cfg.cfg_drop, cfg.single_fraction,
+                             cfg.logit_mean, cfg.logit_std, token_weights=weights)
     return Trainer(cfg, objective, device)
 
 
@@ -413,17 +427,20 @@ def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainCon
 def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, Any] | None = None) -> Path:
     """RUN/codec-dit (latest checkpoint, EMA weights) + RUN/codec -> the default model's folder."""
     from ..loading import load_component, save_pipeline
-    from ..models.presets import build_codec_model
+    from ..models.presets import build_codec_model, codec_model_preset
     from ..pipeline import OPTIONS_KEY, PipelineOptions
 
-    components = build_codec_model()
-    cfg, step = _load_trained(Path(run) / "codec-dit", components)
-    components["shape_codec"] = load_component(cfg.codec)
+    stage_dir = Path(run) / "codec-dit"
+    codec = load_component(TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text())).codec)
+    components = build_codec_model(codec_model_preset(codec.config))
+    cfg, step = _load_trained(stage_dir, components)
+    components["shape_codec"] = codec
     transformer = components["transformer"]
     options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=cfg.sample_steps,
                               guidance_scale=cfg.guidance_scale,
                               mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
-                              mesh_resolution=None)
+                              mesh_resolution=codec.config.grid_resolution, refine_poses=True,
+                              max_faces=DEFAULT_MAX_FACES, attention=cfg.attention)
     for name in ("transformer", "condition_encoder", "shape_codec"):
         components[name].to(EXPORT_DTYPE)
     folder = Path(folder)
