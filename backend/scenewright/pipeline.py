@@ -162,14 +162,15 @@ class ScenePipeline:
 
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> "ScenePipeline":
-        """Load a model folder or hub repo id (see loading.resolve_source); "default" is the shipped model."""
+        """Load a model folder or hub repo id (see loading.resolve_source), or a shipped model by name
+        ("default", "default-sca": SHIPPED_MODELS)."""
         from .loading import ModelLoadError, load_components, read_model_index, resolve_device, resolve_dtype, resolve_source
 
         dev = resolve_device(device)
-        if str(source) == "default":
-            source = default_model_path()
+        if str(source) in SHIPPED_MODELS:
+            name, source = str(source), shipped_model_path(str(source))
             if not (source / "model_index.json").is_file():
-                raise ModelLoadError(f"the default model is not in this installation ({source}); train and export it "
+                raise ModelLoadError(f"the {name} model is not in this installation ({source}); train and export it "
                                      "(docs/training.md) or choose another model, e.g. a folder or VAST-AI/MIDI-3D")
         folder = resolve_source(source)
         torch_dtype = default_dtype(dev) if dtype is None else resolve_dtype(dtype)
@@ -326,8 +327,9 @@ class ScenePipeline:
         view_meshes = [_to_view_frame(mesh, self.options.frame) for mesh in meshes]
         # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
         solve_yaw = self.options.frame == "midi"
+        refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw,
-                                             self.options.refine_poses)
+                                             refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -340,9 +342,18 @@ def has_scene_row(layout: AttentionLayout) -> bool:
     return layout.mode == "scene_context" and bool(layout.blocks)
 
 
+# Models this project trains and ships inside the package, by the name users give them.
+SHIPPED_MODELS = {"default": "default-model", "default-sca": "default-sca-model"}
+
+
+def shipped_model_path(name: str) -> Path:
+    """The folder of a shipped model (it may not be installed: check for its model_index.json)."""
+    return Path(__file__).resolve().parent / "assets" / SHIPPED_MODELS[name]
+
+
 def default_model_path() -> Path:
     """The model this project trains and ships, inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "default-model"
+    return shipped_model_path("default")
 
 
 def _as_instances(masks: Sequence[InstanceMask] | Image.Image | np.ndarray, size: tuple[int, int]) -> list[InstanceMask]:

@@ -125,6 +125,7 @@ class GenerationSettings:
     mi_blocks: list[int] | None = None
     mesh_resolution: int | None = None
     max_faces: int | None = None  # decimate each object to at most this many faces; None: the model's default
+    refine_poses: bool | None = None  # fit each instance's pose to its mask after the camera solve; None: the model's
     scene_size_m: float | None = None
     model: str | None = None
     labels: list[str] | None = None  # a name per instance, in instance order (ascending seg value, or mask order)
@@ -163,6 +164,10 @@ class GenerationSettings:
             if not isinstance(model, str) or not model.strip() or len(model) > 512:
                 raise SettingsError("model must be a non-empty string of at most 512 characters")
             out.model = model
+        if data.get("refine_poses") is not None:
+            if not isinstance(data["refine_poses"], bool):
+                raise SettingsError(f"refine_poses must be true or false, got {data['refine_poses']!r}")
+            out.refine_poses = data["refine_poses"]
         if data.get("labels") is not None:
             labels = data["labels"]
             if not isinstance(labels, list) or len(labels) > MAX_INSTANCES or not all(

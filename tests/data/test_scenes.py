@@ -89,3 +89,14 @@ def test_camera_ranges_and_framing(scenes) -> None:
         assert FILL[0] - 0.02 <= fill <= FILL[1] + 0.01
         union = render_silhouettes([(m.vertices, m.faces) for m in meshes], cam).any(axis=0)
         assert union.mean() > 0.02  # objects really cover the picture (dev cases: 4 % and up)
+
+
+def test_hard_scenes_are_the_harder_arrangements_with_full_camera_ranges():
+    from scenewright.data.scenes import ELEVATION_CORE, HARD_STYLES
+
+    hard = [sample_scene(seed, resolution=64, hard=True) for seed in range(12)]
+    assert {s.style for s in hard} <= set(HARD_STYLES) and len({s.style for s in hard}) > 1
+    assert any(not ELEVATION_CORE[0] <= s.elevation_deg <= ELEVATION_CORE[1] for s in hard)  # full camera ranges
+    plain = sample_scene(3, resolution=64)
+    again = sample_scene(3, resolution=64, hard=False)
+    assert plain.style == again.style and np.array_equal(plain.camera.matrix_world, again.camera.matrix_world)

@@ -207,6 +207,8 @@ def test_a_repeated_security_header_is_refused(service, name):
     head = f"GET /v1/jobs HTTP/1.1\r\n{name}: {foreign[name]}\r\n"
     head += "".join(f"{key}: {value}\r\n" for key, value in own.items())
     status, text = raw_request(service.port, head)
-    assert status == 400 and f"repeats the {name.lower()} header" in text
+    assert status == 400
+    # HTTP/1.1 itself forbids two Host headers: the server's HTTP layer refuses them before the app
+    assert f"repeats the {name.lower()} header" in text or (name == "Host" and "Invalid HTTP request" in text)
     single = "".join(f"{key}: {value}\r\n" for key, value in own.items())
     assert raw_request(service.port, f"GET /v1/jobs HTTP/1.1\r\n{single}")[0] == 200

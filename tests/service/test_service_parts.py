@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -49,15 +51,20 @@ def test_interrupted_jobs_become_failed_and_finished_ones_stay(tmp_path):
     assert [s.created_at for s in store.list_statuses()] == [3.0, 2.0, 1.0, 0.0]  # newest first
 
 
-def test_a_damaged_status_file_does_not_hide_the_other_jobs(tmp_path):
+def test_a_damaged_status_file_does_not_hide_the_other_jobs_and_reads_as_failed(tmp_path):
     store = JobStore(tmp_path)
-    good = JobStatus(job_id=new_job_id(), state="succeeded")
+    now = time.time()
+    good = JobStatus(job_id=new_job_id(), state="succeeded", created_at=now)
     store.create(good, {})
-    bad = JobStatus(job_id=new_job_id(), state="queued")
+    bad = JobStatus(job_id=new_job_id(), state="queued", created_at=now - 3600)
     store.create(bad, {})
     (tmp_path / "jobs" / bad.job_id / "status.json").write_text("{ truncated")
-    assert [s.job_id for s in store.list_statuses()] == [good.job_id]
+    os.utime(tmp_path / "jobs" / bad.job_id, (now - 3600, now - 3600))  # its age is all a damaged job has left
+    listed = {s.job_id: s for s in store.list_statuses()}
+    assert set(listed) == {good.job_id, bad.job_id} and listed[good.job_id].state == "succeeded"
+    assert listed[bad.job_id].state == "failed" and "damaged" in listed[bad.job_id].message
     assert json.loads((tmp_path / "jobs" / good.job_id / "status.json").read_text())["state"] == "succeeded"
+    assert store.prune(1) == [bad.job_id]  # finished (failed) like any other: pruned in turn
 
 
 def test_out_of_memory_is_recognised_with_an_actionable_message():

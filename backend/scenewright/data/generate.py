@@ -38,7 +38,8 @@ def case_seed(seed: int, index: int, attempt: int = 0) -> int:
     return int(np.random.SeedSequence([seed, index, attempt]).generate_state(1)[0])
 
 
-def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, threads: int, split: str) -> dict:
+def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, threads: int, split: str,
+              hard: bool = False) -> dict:
     """Render case `index` into a temporary folder, then rename it into place; returns its INDEX entry."""
     from . import render  # bpy: imported in worker processes only
     from .scenes import sample_scene
@@ -47,7 +48,7 @@ def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, t
     tmp = out / f"{_TMP_PREFIX}{case_name(index)}_{os.getpid()}"
     for attempt in range(MAX_ATTEMPTS):
         shutil.rmtree(tmp, ignore_errors=True)
-        scene = sample_scene(case_seed(seed, index, attempt), resolution)
+        scene = sample_scene(case_seed(seed, index, attempt), resolution, hard=hard)
         try:
             entry = render.render_case(scene, tmp, samples, threads)
         except render.SceneRejected:
@@ -121,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=512, help="square image side in pixels")
     p.add_argument("--samples", type=int, default=8, help="Cycles samples per pixel (denoised)")
     p.add_argument("--split", default="train", help="split name written into scene.json and INDEX.json")
+    p.add_argument("--hard", action="store_true", help="only the protocol's harder arrangements (clusters, stacked "
+                   "props, occluding rows) with cameras from its full ranges: a hard held-out split")
     return p
 
 
@@ -136,7 +139,7 @@ def main(argv: list[str]) -> int:
     todo = pending_cases(out, args.count, args.start)
     done = args.count - len(todo)
     print(f"make-data: {done} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
-    jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split) for i in todo]
+    jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split, args.hard) for i in todo]
     start = time.perf_counter()
     failed: list[tuple[int, str]] = []
     if jobs:

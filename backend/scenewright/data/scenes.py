@@ -322,19 +322,21 @@ def _image_box(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return uv.min(axis=0), uv.max(axis=0)
 
 
-def _core_or_full(rng: np.random.Generator, core: tuple[float, float], full: tuple[float, float]) -> float:
-    """Mostly the common range, sometimes anywhere in the protocol's range."""
-    return float(rng.uniform(*(core if rng.random() < 0.8 else full)))
+def _core_or_full(rng: np.random.Generator, core: tuple[float, float], full: tuple[float, float],
+                  hard: bool = False) -> float:
+    """Mostly the common range, sometimes anywhere in the protocol's range (always, for hard scenes)."""
+    draw = rng.random()
+    return float(rng.uniform(*(core if draw < 0.8 and not hard else full)))
 
 
 def _fit_camera(
-    points: np.ndarray, azim: float, rng: np.random.Generator, resolution: int
+    points: np.ndarray, azim: float, rng: np.random.Generator, resolution: int, hard: bool = False
 ) -> tuple[Camera, float, float]:
     """Camera at azimuth `azim` (radians, from the scene towards the camera) with random fov and elevation,
     pulled back until the scene fills the sampled share of the frame."""
-    fov = _core_or_full(rng, FOV_CORE, FOV_DEG)
-    elev = _core_or_full(rng, ELEVATION_CORE, ELEVATION_DEG)
-    fill = _core_or_full(rng, FILL_CORE, FILL)
+    fov = _core_or_full(rng, FOV_CORE, FOV_DEG, hard)
+    elev = _core_or_full(rng, ELEVATION_CORE, ELEVATION_DEG, hard)
+    fill = _core_or_full(rng, FILL_CORE, FILL, hard)
     jitter = rng.uniform(-1.0, 1.0, size=2) * (1.0 - fill) * resolution * 0.25  # scene not always dead centre
     lo, hi = points.min(axis=0), points.max(axis=0)
     target = (lo + hi) / 2
@@ -381,10 +383,15 @@ def _lighting(rng: np.random.Generator) -> Lighting:
     )
 
 
-def sample_scene(seed: int, resolution: int = 512) -> SceneDescription:
-    """A random blockout scene, the same for the same seed."""
+# The protocol's harder arrangements: packed clusters, props stacked on props, rows that hide each other.
+HARD_STYLES, _HARD_WEIGHTS = ("cluster", "support", "front_behind"), (0.4, 0.35, 0.25)
+
+
+def sample_scene(seed: int, resolution: int = 512, hard: bool = False) -> SceneDescription:
+    """A random blockout scene, the same for the same seed. `hard`: only the harder arrangements (clusters,
+    supports with props stacked on props, occluding rows) and cameras drawn from the protocol's full ranges."""
     rng = np.random.default_rng(seed)
-    style = _pick(rng, STYLES, _STYLE_WEIGHTS)
+    style = _pick(rng, HARD_STYLES, _HARD_WEIGHTS) if hard else _pick(rng, STYLES, _STYLE_WEIGHTS)
     lay = _Layout(rng)
     n_ground = int(rng.choice((1, 1, 2, 2, 2, 2, 3, 3, 4, 5, 6)))
     tags = {style}
@@ -413,7 +420,8 @@ def sample_scene(seed: int, resolution: int = 512) -> SceneDescription:
         lay.place_ground(_ground_shape(rng), rng.uniform(0.5, 1.0), rng.normal(0, 0.3), _yaw(rng, True))
     room = MAX_OBJECTS - len(lay.objects)
     n_props = int(rng.integers(1, 4)) if style == "support" else int(rng.choice((0, 1, 1, 2)))
-    _add_props(lay, min(room, n_props), stack=bool(rng.random() < 0.1))
+    stack = rng.random() < 0.1
+    _add_props(lay, min(room, n_props + (2 if hard and style == "support" else 0)), stack=bool(stack or hard))
     if any(o.support is not None for o in lay.objects):
         tags.add("support")
     if any(o.support is not None and lay.objects[o.support].support is not None for o in lay.objects):
@@ -430,5 +438,5 @@ def sample_scene(seed: int, resolution: int = 512) -> SceneDescription:
         azim = float(rng.uniform(-np.pi, np.pi))
     else:
         azim = yaw - np.pi / 2 + float(rng.uniform(-1.0, 1.0)) * np.radians(50.0)
-    camera, elev, fill = _fit_camera(points, azim, rng, resolution)
+    camera, elev, fill = _fit_camera(points, azim, rng, resolution, hard)
     return SceneDescription(seed, lay.objects, camera, _lighting(rng), style, sorted(tags), 0.0, elev, fill)

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from .cases import list_cases, load_case, load_prediction
@@ -33,6 +34,15 @@ def _run_settings(metas: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _stage_medians(metas: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds per pipeline stage over the cases whose meta.json has them (predict records `stage_s`)."""
+    stages: dict[str, list[float]] = {}
+    for meta in metas:
+        for stage, seconds in (meta.get("stage_s") or {}).items():
+            stages.setdefault(stage, []).append(float(seconds))
+    return {stage: float(np.median(values)) for stage, values in stages.items()}
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The summary table printed at the end of a run (Markdown, so it can go straight into docs)."""
     means = report["means"]
@@ -44,6 +54,9 @@ def format_table(report: dict[str, Any]) -> str:
     time_s, mem = report["time_s_median"], report["peak_mem_mb_max"]
     lines.append(f"| time (median s/case) | {'n/a' if time_s is None else f'{time_s:.3f}'} |")
     lines.append(f"| peak memory (MB) | {'n/a' if mem is None else f'{mem:.0f}'} |")
+    if report.get("stage_s_median"):
+        stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in report["stage_s_median"].items())
+        lines.append(f"| stages (median s) | {stages} |")
     run = report.get("run", {})
     lines.append("")
     lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")
@@ -77,6 +90,7 @@ def main(argv: list[str]) -> int:
         results = list(tqdm(scored, total=len(cases), desc="eval", unit="case", file=sys.stderr))
     per_case, metas = [r[0] for r in results], [r[1] for r in results]
     report = summarise(per_case)
+    report["stage_s_median"] = _stage_medians(metas)
     report["run"] = _run_settings(metas)
     report["cases_dir"], report["pred_dir"] = str(args.cases), str(args.pred)
     report["eval_seconds"] = time.perf_counter() - start

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..loading import MODEL_INDEX, ModelLoadError, resolve_device, resolve_source
-from ..pipeline import ScenePipeline, default_model_path
+from ..pipeline import SHIPPED_MODELS, ScenePipeline, shipped_model_path
 
 OOM_MESSAGE = (
     "out of memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
@@ -57,8 +57,9 @@ class ModelManager:
         self._known: dict[str, ModelEntry] = {}
         self._pipeline: ScenePipeline | None = None
         self._loaded: str | None = None
-        if default_model_path().is_dir():
-            self._known["default"] = ModelEntry("default", str(default_model_path()))
+        for name in SHIPPED_MODELS:
+            if (shipped_model_path(name) / MODEL_INDEX).is_file():
+                self._known[name] = ModelEntry(name, str(shipped_model_path(name)))
         self.default_id = self.register(initial)
 
     @staticmethod
@@ -66,7 +67,7 @@ class ModelManager:
         """The id under which a model name is known: local folders by their absolute path."""
         try:
             path = Path(name).expanduser()
-            return str(path.resolve()) if name != "default" and path.exists() else name
+            return str(path.resolve()) if name not in SHIPPED_MODELS and path.exists() else name
         except (OSError, ValueError, RuntimeError):  # too long, odd characters, "~nobody": not a folder
             return name
 
@@ -81,8 +82,8 @@ class ModelManager:
         model_id = self.normalize(name)
         if model_id in self._known:
             return model_id
-        if model_id == "default":
-            raise UnknownModel(f"the default model is not installed (expected at {default_model_path()})")
+        if model_id in SHIPPED_MODELS:
+            raise UnknownModel(f"the {model_id} model is not installed (expected at {shipped_model_path(model_id)})")
         try:
             folder = resolve_source(model_id)
         except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: "~nobody" paths

@@ -70,7 +70,7 @@ class RecipeConfig(ConfigMixin):
     guidance_scale: float = 3.0
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
-    export: str = ""  # model folder to write; "" = the package's assets/default-model
+    export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
     benchmark: str = ""  # cases to evaluate on; "" = ../shared/benchmark/dev when it exists
     evaluate: bool = True  # predict + eval on the benchmark after the export
 
@@ -238,7 +238,7 @@ def evaluate(run: Path, cfg: RecipeConfig, model: Path) -> None:
 
 
 def run_recipe(run: Path, cfg: RecipeConfig) -> int:
-    from ..pipeline import default_model_path
+    from ..pipeline import shipped_model_path
     from .train import export_codec_model, latest_checkpoint, run_stage
 
     run.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,8 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
         _stage_done(run, "dit", time.perf_counter() - start)
         if code != 0:
             return code
-    model = Path(cfg.export) if cfg.export else default_model_path()
+    shipped = "default-sca" if cfg.attention == "scene_context" else "default"
+    model = Path(cfg.export) if cfg.export else shipped_model_path(shipped)
     start = time.perf_counter()
     export_codec_model(run, model, recipe=cfg.to_dict())
     _stage_done(run, "export", time.perf_counter() - start)

@@ -1,0 +1,79 @@
+"""The model this project ships (backend/scenewright/assets/default-model), loaded offline as a user gets it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scenewright.camera import Camera, render_silhouettes
+from scenewright.evaluation.metrics import count_distinct
+from scenewright.masks import instances_from_seg
+from scenewright.pipeline import ScenePipeline, default_model_path
+from scenewright.protocol import MAX_INSTANCES, GenerationSettings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "backend" / "scenewright" / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def pipe(monkeypatch_module) -> ScenePipeline:
+    monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")  # nothing may come from the network
+    return ScenePipeline.from_pretrained("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _visible_ious(meshes, masks, camera) -> list[float]:
+    """IoU of each silhouette and its mask, silhouette pixels on another instance's mask left out (it may be
+    hidden there: masks are occluded, silhouettes are not)."""
+    silhouettes = render_silhouettes(meshes, camera)
+    out = []
+    for k, (silhouette, mask) in enumerate(zip(silhouettes, masks)):
+        others = np.any([m for j, m in enumerate(masks) if j != k], axis=0)
+        out.append(float((silhouette & mask).sum() / (mask | (silhouette & ~others)).sum()))
+    return out
+
+
+def test_the_default_model_is_in_the_package_within_its_budget():
+    folder = default_model_path()
+    index = json.loads((folder / "model_index.json").read_text())
+    assert {"transformer", "condition_encoder", "shape_codec", "scheduler"} <= set(index)
+    weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert weights <= 50 * 2**20
+    recipe = json.loads((folder / "training_config.json").read_text())
+    assert recipe["recipe"] is not None and recipe["dit_step"] == recipe["recipe"]["steps"]
+
+
+@pytest.mark.parametrize("example", ["desk", "sofa-and-lamps", "front-behind", "cabinet-support"])
+def test_shipped_model_places_separate_instances_on_their_masks(pipe, example):
+    image, seg = Image.open(EXAMPLES / example / "image.png"), Image.open(EXAMPLES / example / "seg.png")
+    instances = instances_from_seg(seg)
+    result = pipe.generate(image, seg, GenerationSettings(seed=0))
+    assert [i.id for i in result.instances] == [m.id for m in instances]
+    assert all(not i.empty for i in result.instances)
+    meshes = [(i.scene_vertices().astype(np.float64), i.faces.astype(np.int64)) for i in result.instances]
+    assert count_distinct(meshes) == len(meshes)  # separate: no two fused (the benchmark's SSR rule)
+    ious = _visible_ious(meshes, [m.mask for m in instances], Camera.from_dict(result.camera))
+    assert min(ious) > 0.5, ious
+    assert all(len(i.faces) <= pipe.options.max_faces for i in result.instances)
+
+
+def test_sixteen_instances_run_though_training_saw_at_most_eight(pipe):
+    """The service's limit: a 4 x 4 grid of coloured blocks on a light floor."""
+    size, seg = 512, np.zeros((512, 512), np.uint8)
+    image = np.full((size, size, 3), 205, np.uint8)
+    rng = np.random.default_rng(0)
+    for k in range(MAX_INSTANCES):
+        row, col = divmod(k, 4)
+        top, left = 150 + row * 75, 70 + col * 100 + row * 8
+        image[top : top + 50, left : left + 60] = rng.integers(40, 220, 3)
+        seg[top : top + 50, left : left + 60] = k + 1
+    result = pipe.generate(Image.fromarray(image), Image.fromarray(seg), GenerationSettings(seed=0))
+    assert len(result.instances) == MAX_INSTANCES and all(not i.empty for i in result.instances)
