@@ -147,6 +147,8 @@ def _render(scene: bpy.types.Scene, path: str, samples: int) -> None:
     if scene.camera is None:
         raise GenerationError("the result has no camera to render through")
     scene.render.engine = "CYCLES"
+    # Standard, not Blender's default AgX: a material's colour then renders as the reference pixels it came from
+    scene.view_settings.view_transform = "Standard"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.render.filepath = os.path.abspath(path)

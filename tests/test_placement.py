@@ -303,10 +303,10 @@ def test_refine_poses_fits_misplaced_instances_to_their_masks():
     moved = []
     for vertices, faces in meshes:
         pivot = np.array([*(vertices[:, :2].min(axis=0) + vertices[:, :2].max(axis=0)) / 2, vertices[:, 2].min()])
-        a = rng.uniform(-0.2, 0.2)
+        a = rng.uniform(-0.3, 0.3)
         turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-        shift = np.array([*rng.uniform(-0.08, 0.08, 2), 0.0])
-        moved.append((((vertices - pivot) @ turn.T) * rng.uniform(0.85, 1.15) + pivot + shift, faces))
+        shift = np.array([*rng.uniform(-0.3, 0.3, 2), 0.0])  # up to about half an object: far off its mask
+        moved.append((((vertices - pivot) @ turn.T) * rng.uniform(0.8, 1.25) + pivot + shift, faces))
 
     def ious(candidate):
         silhouettes = render_silhouettes(candidate, camera)

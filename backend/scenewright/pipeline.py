@@ -59,6 +59,7 @@ class PipelineOptions(ConfigMixin):
     mesh_resolution: int = 256  # marching-cubes cells per axis when the request gives none (MIDI-3D's octree depth 8)
     refine_poses: bool = False  # fit each instance's pose to its mask after the camera solve
     max_faces: int | None = None  # faces per object when the request gives no max_faces (None: as decoded)
+    candidates: int = 1  # scenes sampled per request; the one whose outlines best fit the masks is kept
     attention: str = "multi_instance"  # the layout of the chosen blocks: "multi_instance" or "scene_context"
 
 
@@ -212,8 +213,12 @@ class ScenePipeline:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         callback_on_step_end: StepCallback | None = None,
+        num_instances: int | None = None,
     ) -> torch.Tensor:
-        """Rectified-flow sampling of one scene: shared timestep, one batched DiT call per step.
+        """Rectified-flow sampling of one or more scenes: shared timestep, one batched DiT call per step.
+
+        The rows are scenes of `num_instances` instances each (default: all rows, one scene),
+        each followed by its scene row for scene-context models.
 
         Each step: every guider may move the latents (TIMI), then the velocity comes from the
         ClassifierFreeGuidance guider (the conditional prediction when there is none), the
@@ -222,7 +227,7 @@ class ScenePipeline:
         float32 between steps (the DiT may run in bf16/fp16).
         """
         cfg = next((g for g in guiders if isinstance(g, ClassifierFreeGuidance)), ClassifierFreeGuidance(1.0))
-        num_instances = latents.shape[0] - int(has_scene_row(layout))
+        num_instances = num_instances or latents.shape[0] - int(has_scene_row(layout))
         self.scheduler.set_timesteps(steps)
         with torch.no_grad():
             for i, t in enumerate(self.scheduler.timesteps):
@@ -305,28 +310,36 @@ class ScenePipeline:
 
         clock = time.perf_counter()
         guiders = self.guiders(settings, masks)
-        latents = self.prepare_latents(len(rows), settings.seed)
+        candidates = settings.candidates or self.options.candidates
+        # candidate k starts from seed + k; all of them are denoised together, one scene each
+        latents = torch.cat([self.prepare_latents(len(rows), settings.seed + k) for k in range(candidates)])
         steps = settings.steps or self.options.steps
-        latents = self.denoise(latents, emb1, emb2, steps, guiders, layout, report, should_cancel)[: len(instances)]
+        latents = self.denoise(latents, emb1.repeat(candidates, 1, 1), None if emb2 is None else emb2.repeat(candidates, 1, 1),
+                               steps, guiders, layout, report, should_cancel, num_instances=len(instances))
+        latents = latents.view(candidates, len(rows), *latents.shape[1:])[:, : len(instances)]
         synchronize(self.device)
         timings["denoise"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         report("decode", 0, 1)
-        meshes = self.decode(latents, settings.mesh_resolution, should_cancel)
+        decoded = self.decode(latents.reshape(-1, *latents.shape[2:]), settings.mesh_resolution, should_cancel)
+        meshes_per_candidate = [decoded[k * len(instances) : (k + 1) * len(instances)] for k in range(candidates)]
         timings["decode"] = time.perf_counter() - clock
-        if all(mesh is None for mesh in meshes):
-            raise EmptyResult(f"none of the {len(meshes)} instances came out with a surface; try another seed, more "
+        meshes_per_candidate = [m for m in meshes_per_candidate if any(mesh is not None for mesh in m)]
+        if not meshes_per_candidate:
+            raise EmptyResult(f"none of the {len(instances)} instances came out with a surface; try another seed, more "
                               "steps or another guidance scale")
         max_faces = settings.max_faces or self.options.max_faces
         if max_faces:
-            meshes = [None if m is None else decimate(*m, max_faces) for m in meshes]
+            meshes_per_candidate = [[None if m is None else decimate(*m, max_faces) for m in meshes]
+                                    for meshes in meshes_per_candidate]
 
         clock = time.perf_counter()
         report("place", 0, 1)
-        view_meshes = [_to_view_frame(mesh, self.options.frame) for mesh in meshes]
         # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
         solve_yaw = self.options.frame == "midi"
+        views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
+        view_meshes = views[0] if len(views) == 1 else _best_candidate(views, masks, scene.size, solve_yaw)
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw,
                                              refine)
@@ -336,6 +349,17 @@ class ScenePipeline:
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,
                  "native": self.options.frame}
         return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
+
+def _best_candidate(views: list[list[tuple[np.ndarray, np.ndarray] | None]], masks: Sequence[np.ndarray],
+                    image_size: tuple[int, int], solve_yaw: bool) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """The sampled scene whose instances' outlines fit their masks best through its own camera (the camera solve's
+    outline cost, without its silhouette refinement): a test-time choice among samples the model finds likely."""
+    from .placement import CameraSolveConfig, solve_camera
+
+    config = CameraSolveConfig(solve_yaw=solve_yaw, refine_evals=0)
+    costs = [solve_camera(meshes, masks, image_size, config)[1].get("outline_cost", np.inf) for meshes in views]
+    return views[int(np.argmin(costs))]
+
 
 def has_scene_row(layout: AttentionLayout) -> bool:
     """Scene-context attention in some block: each scene is its instances plus one scene row."""

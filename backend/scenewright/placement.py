@@ -323,19 +323,27 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a uniform
     scale about its bottom centre and a turn about its vertical axis (so its contact height is kept).
 
-    Nelder-Mead on 1 - IoU of silhouette and mask, silhouette pixels on other instances'
-    masks ignored (it may be hidden there), started at the generated pose; a pose is kept
-    only when it fits better. For models that generate poses, whose camera solve leaves
-    each instance a little off its mask. Meshes are in the camera's frame.
+    Two steps per instance, as the camera solve: a robust least-squares fit of the projected
+    outline to the mask's (support functions along 8 directions; sides the mask may be cut
+    on, by the border or another instance, only count when the projection falls short),
+    which brings a far-off instance back, then Nelder-Mead on 1 - IoU of silhouette and mask
+    at full resolution, silhouette pixels on other instances' masks ignored (it may be hidden
+    there). A pose is kept only when its IoU is better than the generated one's. For models
+    that generate poses, whose instances the camera solve leaves somewhat off their masks.
+    Meshes are in the camera's frame.
     """
     all_masks = [np.asarray(m, bool) for m in masks]
     others = _others(all_masks, all_masks)
+    directions = _directions(8)
+    side = float(max(camera.resolution))
     out = list(meshes)
     for i, mesh in enumerate(meshes):
         if not _usable(mesh) or not all_masks[i].any():
             continue
         vertices, faces = np.asarray(mesh[0], np.float64), np.asarray(mesh[1], np.int64)
         low = _decimate(vertices, faces, max_faces)
+        hull = _extreme_points(vertices, 200)
+        extent, open_sides = _mask_support(all_masks[i], others[i], directions)
         scorer = _SpanScorer([all_masks[i]], [others[i]])
         lo, hi = vertices.min(axis=0), vertices.max(axis=0)
         size = max(float((hi - lo).max()), 1e-12)
@@ -346,16 +354,25 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
             turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
             return ((points - pivot) @ turn.T) * math.exp(x[2]) + pivot + np.array([x[0], x[1], 0.0]) * size
 
+        def outline(x: np.ndarray) -> np.ndarray:
+            uv, depth = camera.project(moved(x, hull))
+            r = ((uv @ directions.T).max(axis=0) - extent) / side
+            behind = np.maximum(0.05 * size - depth.min(), 0.0) * 10.0
+            return np.concatenate([np.where(open_sides, np.minimum(r, 0.0), r), [behind], 0.01 * x])
+
         def loss(x: np.ndarray) -> float:
             iou = scorer.ious(silhouette_spans([(moved(x, low[0]), low[1])], camera))[0]
             return 1.0 - float(iou) + 0.01 * float(np.sum(x**2))
 
         start = np.zeros(4)
-        simplex = np.vstack([start] + [np.eye(4)[k] * step for k, step in enumerate((0.05, 0.05, 0.05, 0.15))])
-        result = minimize(loss, start, method="Nelder-Mead",
+        fit = least_squares(outline, start, loss="soft_l1", f_scale=0.01, x_scale=[0.1, 0.1, 0.1, 0.3], max_nfev=100)
+        begin = fit.x if loss(fit.x) < loss(start) else start
+        simplex = np.vstack([begin] + [begin + np.eye(4)[k] * step for k, step in enumerate((0.03, 0.03, 0.03, 0.1))])
+        result = minimize(loss, begin, method="Nelder-Mead",
                           options={"maxfev": evaluations, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-4})
-        if result.fun < loss(start):
-            out[i] = (moved(result.x, vertices), faces)
+        best = result.x if result.fun < loss(begin) else begin
+        if loss(best) < loss(start):
+            out[i] = (moved(best, vertices), faces)
     return out
 
 

@@ -66,6 +66,7 @@ SETTING_RANGES: dict[str, SettingRange] = {
     "seed": SettingRange(0, 2**31 - 1),
     "mesh_resolution": SettingRange(16, 512),
     "max_faces": SettingRange(100, 10_000_000),
+    "candidates": SettingRange(1, 16),
     "scene_size_m": SettingRange(0.05, 1000.0),
     "timi.layers": SettingRange(0, 255),
     "timi.steps": SettingRange(1, 200),
@@ -126,6 +127,7 @@ class GenerationSettings:
     mesh_resolution: int | None = None
     max_faces: int | None = None  # decimate each object to at most this many faces; None: the model's default
     refine_poses: bool | None = None  # fit each instance's pose to its mask after the camera solve; None: the model's
+    candidates: int | None = None  # scenes sampled, the best fitting the masks kept; None: the model's default
     scene_size_m: float | None = None
     model: str | None = None
     labels: list[str] | None = None  # a name per instance, in instance order (ascending seg value, or mask order)
@@ -144,7 +146,7 @@ class GenerationSettings:
         if unknown:
             raise SettingsError(f"unknown setting(s) {unknown}; known settings are {sorted(known)}")
         out = cls()
-        for name in ("steps", "seed", "mesh_resolution", "max_faces"):
+        for name in ("steps", "seed", "mesh_resolution", "max_faces", "candidates"):
             if name in data and data[name] is not None:
                 setattr(out, name, _int_in_range(name, data[name]))
         for name in ("guidance_scale", "scene_size_m"):

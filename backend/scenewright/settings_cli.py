@@ -43,6 +43,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="marching-cubes samples per axis (default: the model's)")
     parser.add_argument("--max-faces", type=int, default=None,
                         help="decimate each object to at most this many faces (default: the model's)")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="scenes sampled per request, the one fitting the masks best kept (default: the model's)")
     parser.add_argument("--refine-poses", type=on_off, default=None, metavar="ON|OFF",
                         help="fit each instance's pose to its mask after the camera solve (default: the model's)")
 
@@ -53,5 +55,5 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> GenerationSett
             if getattr(args, f"timi_{f.name}") is not None}
     data = {"steps": args.steps, "guidance_scale": args.guidance_scale, "guidance": args.guidance, "timi": timi,
             "seed": args.seed, "mi_blocks": args.mi_blocks, "mesh_resolution": args.mesh_resolution,
-            "max_faces": args.max_faces, "refine_poses": args.refine_poses, **extra}
+            "max_faces": args.max_faces, "refine_poses": args.refine_poses, "candidates": args.candidates, **extra}
     return GenerationSettings.from_dict(data)

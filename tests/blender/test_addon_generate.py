@@ -318,3 +318,47 @@ def test_worker_thread_path_applies_results_on_the_main_thread_and_cancel_stops_
     assert cancelled["step"] < cancelled["total"] == 200
     assert out["collections"] == 1  # nothing imported for the cancelled job
     assert out["cancel_again"] == ["CANCELLED"]  # nothing left to cancel
+
+
+DEMO_SCRIPT = CONFIGURE + '''
+cli = sys.modules[EXT.__name__ + ".cli"]
+data = PARAMS["data_dir"]
+code = cli.main(["generate", "--image", PARAMS["image"], "--seg", PARAMS["seg"], "--out", data + "/scene.blend",
+                 "--render", data + "/render.png", "--render-samples", "16", "--start-backend",
+                 "--environment", PARAMS["python"], "--data-dir", data, "--backend-model", "default", "--device", "cpu",
+                 "--ground", "--labels", PARAMS["labels"]])
+collection = next(c for c in bpy.data.collections if c.name.startswith("SceneWright"))
+done({"code": code, "objects": describe(collection.objects),
+      "outside": sorted(o.name for o in bpy.data.objects if collection.name not in [c.name for c in o.users_collection])})
+'''
+
+
+@pytest.mark.slow
+def test_demo_with_the_default_model_looks_like_the_reference(blender, example_cases, tmp_path):
+    """The demo's path on the shipped model: objects named after their labels, coloured like their pixels, under
+    the face budget, everything in the result's collection, and a render whose colour in every instance's
+    mask region is close to the reference's."""
+    case = example_cases[0]
+    entries = sorted(json.loads((case / "scene.json").read_text())["instances"], key=lambda e: e["id"])
+    labels = [e["label"] for e in entries]
+    run = blender.run(DEMO_SCRIPT, {"image": str(case / "image.png"), "seg": str(case / "seg.png"),
+                                    "data_dir": str(tmp_path), "python": sys.executable, "labels": ",".join(labels)},
+                      timeout=600)
+    out = run.result
+    assert out["code"] == 0, run.stderr[-2000:]
+    assert out["outside"] == []  # camera, sun and ground live in the result's collection too
+    meshes = {name: o for name, o in out["objects"].items() if o["type"] == "MESH" and name != "SceneWright ground"}
+    assert sorted(o["props"]["scenewright_label"] for o in meshes.values()) == sorted(labels)
+    reference = np.asarray(Image.open(case / "image.png").convert("RGB"), np.float64)
+    render = np.asarray(Image.open(tmp_path / "render.png").convert("RGB"), np.float64)
+    seg = np.asarray(Image.open(case / "seg.png").convert("L"))
+    for entry, (name, obj) in zip(entries, sorted(meshes.items(), key=lambda item: item[1]["props"]["scenewright_instance_id"])):
+        mask = seg == entry["id"]
+        core = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        expected = reference[core].mean(axis=0)
+        base = np.asarray(obj["materials"][0]["base"][:3])
+        srgb = np.where(base <= 0.0031308, base * 12.92, 1.055 * base ** (1 / 2.4) - 0.055) * 255
+        assert np.abs(srgb - expected).max() <= 5.0, (name, srgb, expected)  # the material: the masked mean
+        assert obj["faces"] <= 3000
+        difference = np.abs(render[mask].mean(axis=0) - reference[mask].mean(axis=0)).max()
+        assert difference <= 20.0, (name, difference)  # the render in the instance's region

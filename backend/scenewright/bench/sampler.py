@@ -3,7 +3,9 @@
 The models are built from configs, not loaded, so the benchmark needs no
 checkpoint: "full" is the MIDI-3D architecture at its released size (the
 reference constructors' defaults, ViT-L/14 encoders at 224 px), "small" a
-miniature that runs on a laptop CPU in minutes. Every stage is the pipeline's
+miniature that runs on a laptop CPU in minutes. (The shipped default model is of
+another kind, a shape codec under the DiT; its stage times come from
+`scenewright predict`/`eval`, docs/performance.md.) Every stage is the pipeline's
 own code (ScenePipeline.encode_conditions / denoise / decode), so the numbers
 are those of the product, not of a re-implementation.
 """
@@ -45,7 +47,7 @@ PRESETS: dict[str, SamplerPreset] = {
     # MIDI-3D at release size: DiT width 2048 x 21 blocks, 2048 tokens x 64 channels, CLIP ViT-L/14 and
     # 7-channel DINOv2-L at 224 px, TripoSG VAE (decoder width 1024, 16 blocks), meshes at 256^3.
     "full": SamplerPreset(MODEL_PRESETS["full"], tokens=2048, resolution=256),
-    # the default model this project ships (models/presets.py "small"), at its 128 tokens and mesh resolution
+    # the MIDI-3D classes at the size of the vecset-VAE route (models/presets.py "small"), 128 tokens, 128^3
     "small": SamplerPreset(MODEL_PRESETS["small"], tokens=128, resolution=128),
 }
 
