@@ -254,3 +254,18 @@ def test_save_pipeline_round_trip(tmp_path, tiny):
     assert clip_config["model_type"] == "clip_vision_model"
     assert (tmp_path / "copy" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "copy" / "scheduler" / "scheduler_config.json").is_file()
+
+
+def test_a_component_may_be_read_from_a_sibling_model_folder(tmp_path):
+    """Two shipped models share one shape codec: the second folder names the first's instead of a copy."""
+    from scenewright.loading import SHARED_COMPONENTS, load_components, read_model_index, save_pipeline
+    from scenewright.pipeline import make_tiny_random_pipeline
+
+    first = make_tiny_random_pipeline(tmp_path / "first")
+    components = load_components(first)
+    save_pipeline(components, tmp_path / "second", shared={"vae": "../first/vae"})
+    assert not (tmp_path / "second" / "vae").exists()
+    assert read_model_index(tmp_path / "second")[SHARED_COMPONENTS] == {"vae": "../first/vae"}
+    again = load_components(tmp_path / "second")
+    for key, value in components["vae"].state_dict().items():
+        assert torch.equal(again["vae"].state_dict()[key], value)

@@ -24,6 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 MODEL_INDEX = "model_index.json"
+# model_index.json key: component name -> folder relative to the model folder, for a component two shipped
+# models share (their shape codec) instead of each holding a copy
+SHARED_COMPONENTS = "_component_paths"
 
 # Files snapshot_download fetches: configs and safetensors weights (single or sharded), nothing else.
 HUB_ALLOW_PATTERNS = [
@@ -311,11 +314,12 @@ def load_components(
     """Every component listed in model_index.json of a folder or hub repo, by component name."""
     folder = resolve_source(source, revision)
     index = read_model_index(folder)
+    shared = index.get(SHARED_COMPONENTS, {})
     components = {}
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[-1] is None:
             continue  # metadata, extra keys, or an absent optional component
-        component_dir = folder / name
+        component_dir = folder / shared.get(name, name)
         if not component_dir.is_dir():
             raise ModelLoadError(f"{folder / MODEL_INDEX} lists {name!r} but {component_dir} does not exist")
         components[name] = load_component(component_dir, dtype=dtype, device=device)
@@ -349,14 +353,22 @@ def save_component(obj: Any, folder: str | Path) -> None:
         save_file(state, str(folder / kind.weights_file))
 
 
-def save_pipeline(components: dict[str, Any], folder: str | Path, extra_index: dict[str, Any] | None = None) -> None:
-    """Write every component plus model_index.json, readable again by load_components (and by hub tooling)."""
+def save_pipeline(components: dict[str, Any], folder: str | Path, extra_index: dict[str, Any] | None = None,
+                  shared: dict[str, str] | None = None) -> None:
+    """Write every component plus model_index.json, readable again by load_components (and by hub tooling).
+
+    `shared` names components not written here but read from another folder (relative to this one).
+    """
     folder = Path(folder)
+    shared = shared or {}
     index: dict[str, Any] = {"_class_name": "ScenePipeline"}
     for name, obj in components.items():
         class_name, kind = _kind_of(obj)
         library = "transformers" if kind.model_type or kind.model_class is None else kind.module
         index[name] = [library, class_name]
-        save_component(obj, folder / name)
+        if name not in shared:
+            save_component(obj, folder / name)
+    if shared:
+        index[SHARED_COMPONENTS] = dict(shared)
     index.update(extra_index or {})
     (folder / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -280,7 +280,9 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     shipped = "default-sca" if cfg.attention == "scene_context" else "default"
     model = Path(cfg.export) if cfg.export else shipped_model_path(shipped)
     start = time.perf_counter()
-    export_codec_model(run, model, recipe=cfg.to_dict())
+    # the scene-context model, shipped beside the default one, reads the same codec from it when they are equal
+    share = shipped_model_path("default") if shipped == "default-sca" and not cfg.export else None
+    export_codec_model(run, model, recipe=cfg.to_dict(), share_codec_with=share)
     _stage_done(run, "export", time.perf_counter() - start)
     print(f"recipe: model written to {model}", file=sys.stderr)
     if cfg.evaluate:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -424,8 +425,13 @@ def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainCon
     return cfg, int(state["step"])
 
 
-def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, Any] | None = None) -> Path:
-    """RUN/codec-dit (latest checkpoint, EMA weights) + RUN/codec -> the default model's folder."""
+def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, Any] | None = None,
+                       share_codec_with: Path | None = None) -> Path:
+    """RUN/codec-dit (latest checkpoint, EMA weights) + RUN/codec -> the default model's folder.
+
+    When `share_codec_with` is a model folder whose shape codec is byte for byte this run's, the export
+    refers to it instead of holding a copy (two shipped models, one codec).
+    """
     from ..loading import load_component, save_pipeline
     from ..models.presets import build_codec_model, codec_model_preset
     from ..pipeline import OPTIONS_KEY, PipelineOptions
@@ -444,7 +450,17 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     for name in ("transformer", "condition_encoder", "shape_codec"):
         components[name].to(EXPORT_DTYPE)
     folder = Path(folder)
-    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
+    shared = {}
+    if share_codec_with is not None:
+        mine, theirs = Path(cfg.codec) / "diffusion_pytorch_model.safetensors", share_codec_with / "shape_codec"
+        if mine.is_file() and (theirs / mine.name).is_file():
+            import safetensors.torch
+
+            saved = safetensors.torch.load_file(str(theirs / mine.name))
+            ours = {k: v.detach().to(EXPORT_DTYPE) for k, v in codec.state_dict().items()}
+            if saved.keys() == ours.keys() and all(torch.equal(saved[k], ours[k]) for k in ours):
+                shared["shape_codec"] = os.path.relpath(theirs, folder)
+    save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()}, shared=shared)
     summary = {"recipe": recipe, "dit": cfg.to_dict(), "dit_step": step,
                "codec": json.loads((Path(cfg.codec) / "fit.json").read_text())}
     (folder / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
