@@ -139,8 +139,8 @@ class MidiBatches:
         self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
 
     def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
-              scene_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if scene_rows:
+              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if with_scene_row:
             raise ValueError("the MIDI-structured route has no scene branch (scene-context training)")
         clip_px, dino_px = [], []
         for scene, rows in groups:
@@ -169,16 +169,16 @@ class SceneBatches:
         self.branch, self.branch_latents = branch, branch_latents
 
     def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
-              scene_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..models.condition_encoder import flip_conditions
 
-        if scene_rows and self.branch is None:
+        if with_scene_row and self.branch is None:
             raise ValueError("scene rows need the scene branch's data (the recipe's branch stage)")
         scenes, masks, crops, boxes, index, x0 = [], [], [], [], [], []
         for k, (scene, rows) in enumerate(groups):
             picks = [self.data[name][rows] for name in ("masks", "crops", "boxes")]
             targets = [self.latents[rows], self.mirrored[rows]]
-            if scene_rows:
+            if with_scene_row:
                 picks = [np.concatenate([pick, self.branch[name][scene : scene + 1]])
                          for pick, name in zip(picks, ("masks", "crops", "boxes"))]
                 targets = [torch.cat([t, b[scene : scene + 1]]) for t, b in zip(targets, self.branch_latents)]
@@ -234,11 +234,11 @@ class DiTObjective:
 
     def loss(self, rand: BatchRandom, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         groups, num_instances = self._pick(rand)
-        scene_rows = self.layout.mode == "scene_context" and num_instances > 1  # I-Scene: a scene row per group
-        per_group = num_instances + int(scene_rows)
-        keep = torch.cat([torch.full((rows.stop - rows.start + int(scene_rows),), float(rand.numpy.random() >= self.cfg_drop))
+        with_scene_row = self.layout.mode == "scene_context" and num_instances > 1  # I-Scene: a scene row per group
+        per_group = num_instances + int(with_scene_row)
+        keep = torch.cat([torch.full((rows.stop - rows.start + int(with_scene_row),), float(rand.numpy.random() >= self.cfg_drop))
                           for _, rows in groups]).to(device)
-        emb1, emb2, x0 = self.batches.batch(groups, rand, device, scene_rows)
+        emb1, emb2, x0 = self.batches.batch(groups, rand, device, with_scene_row)
         # one sigma per group (logit-normal), repeated over its rows
         sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
         sigma = sigma.repeat_interleave(per_group) if per_group > 1 else sigma

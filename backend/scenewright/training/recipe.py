@@ -56,7 +56,7 @@ class RecipeConfig(ConfigMixin):
     fit_objects: int = 6000  # objects the PCA is fitted on (each also mirrored)
     grid_resolution: int = 32  # the shape codec's signed-distance grid (samples per axis)
     num_components: int = 64  # its PCA components (with the 8 pose numbers, a multiple of 8: 8-channel tokens)
-    steps: int = 6000
+    steps: int = 9000  # about 90 minutes at 2 threads on an idle 2-core CPU
     batch_size: int = 32  # instance rows per step
     lr: float = 4e-4
     warmup: int = 300
@@ -66,8 +66,10 @@ class RecipeConfig(ConfigMixin):
     attention: str = "multi_instance"  # or "scene_context": I-Scene's scene-context attention with a scene branch
     cfg_drop: float = 0.15
     single_fraction: float = 0.25
+    # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
     sample_steps: int = 24
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0
+    mesh_level: float = 0.015  # the codec's marching-cubes level: a little outside the zero set keeps thin parts
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
@@ -85,7 +87,8 @@ def recipe_preset(cfg: RecipeConfig) -> "CodecModelPreset":
         raise SystemExit(f"--num-components {cfg.num_components}: with the {POSE_SIZE} pose numbers it must fill "
                          f"{channels}-channel tokens (a multiple of {channels})")
     codec = ShapeCodecConfig(grid_resolution=cfg.grid_resolution, num_components=cfg.num_components,
-                             tokens=(POSE_SIZE + cfg.num_components) // channels, channels=channels)
+                             tokens=(POSE_SIZE + cfg.num_components) // channels, channels=channels,
+                             level=cfg.mesh_level)
     return codec_model_preset(codec)
 
 

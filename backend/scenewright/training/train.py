@@ -429,6 +429,9 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
                        share_codec_with: Path | None = None) -> Path:
     """RUN/codec-dit (latest checkpoint, EMA weights) + RUN/codec -> the default model's folder.
 
+    A recipe's sampling settings (steps, guidance scale, mesh level) win over those the run trained with:
+    they are inference choices, made after training.
+
     When `share_codec_with` is a model folder whose shape codec is byte for byte this run's, the export
     refers to it instead of holding a copy (two shipped models, one codec).
     """
@@ -440,10 +443,14 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     codec = load_component(TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text())).codec)
     components = build_codec_model(codec_model_preset(codec.config))
     cfg, step = _load_trained(stage_dir, components)
+    steps, guidance = cfg.sample_steps, cfg.guidance_scale
+    if recipe is not None:
+        steps, guidance = recipe["sample_steps"], recipe["guidance_scale"]
+        codec.config.level = recipe["mesh_level"]
     components["shape_codec"] = codec
     transformer = components["transformer"]
-    options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=cfg.sample_steps,
-                              guidance_scale=cfg.guidance_scale,
+    options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=steps,
+                              guidance_scale=guidance,
                               mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
                               mesh_resolution=codec.config.grid_resolution, refine_poses=True,
                               max_faces=DEFAULT_MAX_FACES, attention=cfg.attention)
