@@ -484,11 +484,18 @@ def place_scene(
     about +Z to face it. Ground: the horizontal plane at the median bottom
     height of the instances within FLOOR_FRACTION of the lowest one; it ends
     at z = 0.
-    Supports: from the lowest instance upwards, each instance not within
-    SNAP_FRACTION of the ground drops onto the first surface below its bottom
-    points (an already placed instance, else the ground) like under gravity:
-    blockout scenes have nothing hanging. A surface up to SNAP_FRACTION above
-    its bottom counts too, so an instance sunk into its support is lifted.
+    Supports: from the lowest instance upwards, an instance within
+    SNAP_FRACTION of the ground stands on it; any other comes to rest on the
+    ground or on an already placed instance (blockout scenes have nothing
+    hanging). Moves go along the rays through the camera centre (a scaling
+    about it) where they can, so that its picture stays where its mask is:
+    when it can rest on placed instances that way, the one (or the ground)
+    needing the least change of distance wins (a prop generated below a
+    table top, along the ray to it, comes onto the table rather than falling
+    to the floor); otherwise it falls straight down onto the first instance
+    below it, or, with none, slides along the rays to the ground. A surface
+    up to SNAP_FRACTION above its bottom counts too, so an instance sunk
+    into its support is lifted.
     Scale: the larger horizontal side of the scene box becomes scene_size_m
     (DEFAULT_SCENE_SIZE_M when None).
     """
@@ -517,20 +524,13 @@ def place_scene(
     ground = float(np.median([bottoms[i] for i in floor]))
 
     tolerance = SNAP_FRACTION * size
-    shift = {i: 0.0 for i in usable}  # vertical correction per instance, input units
+    eye = level[:3, :3] @ camera.matrix_world[:3, 3] + level[:3, 3]  # the camera centre, levelled
+    moved: dict[int, np.ndarray] = {}  # the instances as placed, input units
     support: dict[int, int | None] = {}
-    placed: list[int] = []
     for i in sorted(usable, key=lambda k: bottoms[k]):
-        best_drop, best_support = bottoms[i] - ground, None
-        if abs(best_drop) > tolerance:  # not on the floor: the first surface below it, else the floor
-            points = _bottom_points(vertices[i], 0.01 * size)
-            for j in placed:
-                drop = _drop_distance(points, vertices[j] + [0.0, 0.0, shift[j]], faces[j], tolerance)
-                if drop is not None and drop < best_drop:
-                    best_drop, best_support = drop, j
-        shift[i] = -best_drop
-        support[i] = best_support
-        placed.append(i)
+        moved[i], support[i] = _rest(vertices[i], ground, eye, {j: (moved[j], faces[j]) for j in moved},
+                                     tolerance, size)
+    shift = {i: float(moved[i][:, 2].min()) - bottoms[i] for i in usable}  # how far each bottom moved
 
     footprint = hi[:2] - lo[:2]
     scale = (scene_size_m or DEFAULT_SCENE_SIZE_M) / max(float(footprint.max()), 1e-12)
@@ -539,7 +539,7 @@ def place_scene(
 
     instances: list[PlacedInstance | None] = [None] * len(meshes)
     for i in usable:
-        world = (vertices[i] + [0.0, 0.0, shift[i]]) @ scene_from_level[:3, :3].T + scene_from_level[:3, 3]
+        world = moved[i] @ scene_from_level[:3, :3].T + scene_from_level[:3, 3]
         vmin, vmax = world.min(axis=0), world.max(axis=0)
         origin = np.array([(vmin[0] + vmax[0]) / 2.0, (vmin[1] + vmax[1]) / 2.0, vmin[2]])
         transform = np.eye(4)
@@ -573,6 +573,45 @@ def place_scene(
         scene_from_input=scene_from_input,
         diagnostics=diagnostics,
     )
+
+
+def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int, tuple[np.ndarray, np.ndarray]],
+          tolerance: float, size: float) -> tuple[np.ndarray, int | None]:
+    """Where one instance comes to rest (its vertices) and on what (a placed instance's key, None: the ground);
+    see place_scene."""
+    bottom = float(vertices[:, 2].min())
+
+    def along_ray(height: float) -> tuple[np.ndarray, float] | None:
+        scale = (height - eye[2]) / (bottom - eye[2]) if abs(bottom - eye[2]) > 1e-12 else -1.0
+        if not 0.2 <= scale <= 5.0:
+            return None
+        return eye + (vertices - eye) * scale, abs(math.log(scale))
+
+    if abs(bottom - ground) <= tolerance:
+        slid = along_ray(ground)
+        return (vertices + [0.0, 0.0, ground - bottom] if slid is None else slid[0]), None
+    to_ground = along_ray(ground)
+    options: list[tuple[float, np.ndarray, int | None]] = []
+    for j, (other, other_faces) in placed.items():
+        if (slid := along_ray(float(other[:, 2].max()))) is None:
+            continue
+        drop = _drop_distance(_bottom_points(slid[0], 0.01 * size), other, other_faces, tolerance)
+        if drop is not None and abs(drop) <= tolerance:
+            options.append((slid[1], slid[0] - [0.0, 0.0, drop], j))
+    if options:  # an instance to rest on along the rays: the nearest of those and the ground
+        if to_ground is not None:
+            options.append((to_ground[1], to_ground[0], None))
+        _, rested, on = min(options, key=lambda o: o[0])
+        return rested, on
+    best_drop, best_support = bottom - ground, None  # else what is straight below
+    points = _bottom_points(vertices, 0.01 * size)
+    for j, (other, other_faces) in placed.items():
+        drop = _drop_distance(points, other, other_faces, tolerance)
+        if drop is not None and drop < best_drop:
+            best_drop, best_support = drop, j
+    if best_support is None and to_ground is not None:
+        return to_ground[0], None
+    return vertices - [0.0, 0.0, best_drop], best_support
 
 
 def _floor_instances(bottoms: dict[int, float], size: float, fraction: float = FLOOR_FRACTION) -> list[int]:
