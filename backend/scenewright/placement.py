@@ -593,11 +593,17 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
     to_ground = along_ray(ground)
     options: list[tuple[float, np.ndarray, int | None]] = []
     for j, (other, other_faces) in placed.items():
-        if (slid := along_ray(float(other[:, 2].max()))) is None:
-            continue
-        drop = _drop_distance(_bottom_points(slid[0], 0.01 * size), other, other_faces, tolerance)
-        if drop is not None and abs(drop) <= tolerance:
-            options.append((slid[1], slid[0] - [0.0, 0.0, drop], j))
+        height = float(other[:, 2].max())
+        for _ in range(3):  # down onto the surface of `other` under the instance (a table's recessed top)
+            if (slid := along_ray(height)) is None:
+                break
+            drop = _drop_distance(_bottom_points(slid[0], 0.01 * size), other, other_faces, tolerance)
+            if drop is None or drop < -tolerance:
+                break
+            if drop <= tolerance:
+                options.append((slid[1], slid[0] - [0.0, 0.0, drop], j))
+                break
+            height -= drop
     if options:  # an instance to rest on along the rays: the nearest of those and the ground
         if to_ground is not None:
             options.append((to_ground[1], to_ground[0], None))
