@@ -120,6 +120,17 @@ class DiTBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+def default_mi_blocks(num_layers: int, k: int = 5) -> list[int]:
+    """The k blocks centred on the middle block (MIDI-3D uses 8..12 of 21).
+
+    k is capped at num_layers - 2 so the first and last blocks stay plain
+    (the tiny 5-block model gets 1..3, as in the reference goldens).
+    """
+    k = max(0, min(k, num_layers - 2))
+    start = num_layers // 2 - k // 2
+    return list(range(start, start + k))
+
+
 class TripoSGDiTModel(nn.Module):
     """Velocity predictor v(x_sigma, t, image conditions) over (B, tokens, in_channels) latents."""
 
@@ -140,14 +151,8 @@ class TripoSGDiTModel(nn.Module):
         self.proj_out = nn.Linear(width, config.in_channels)
 
     def default_mi_blocks(self, k: int = 5) -> list[int]:
-        """The k blocks centred on the middle block (MIDI-3D uses 8..12 of 21).
-
-        k is capped at num_layers - 2 so the first and last blocks stay plain
-        (the tiny 5-block model gets 1..3, as in the reference goldens).
-        """
-        k = max(0, min(k, self.config.num_layers - 2))
-        start = self.config.num_layers // 2 - k // 2
-        return list(range(start, start + k))
+        """This model's `default_mi_blocks`."""
+        return default_mi_blocks(self.config.num_layers, k)
 
     def layout(self, mi_blocks: Sequence[int], mode: str = "multi_instance") -> AttentionLayout:
         """The layout with `mode` self-attention in the listed blocks, checked against this model."""

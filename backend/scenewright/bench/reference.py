@@ -1,0 +1,244 @@
+"""`scenewright bench reference`: MIDI-3D's reference `MIDIPipeline` against `ScenePipeline`, stage by stage.
+
+Both run on the same checkpoint (MIDI-3D's diffusers layout: the golden tiny replica, or any such
+folder), the same image and instance map, seed, steps and guidance, float32 on the CPU, each in a
+fresh process, the two sides alternated `--repeats` times. The reference code is run as it is, from
+a checkout given by `--reference-dir` (VAST-AI-Research/MIDI-3D at b6ec9f6): its `scripts/inference_midi.py
+run_midi` (the pipeline call with `decode_progressive=True`, the grid smoothing and marching cubes).
+It needs diffusers 0.32.2 and transformers 4.49.0, which the project does not install; put them in a
+folder of their own and pass it as `--reference-path`:
+
+    pip install --target REFPKGS --no-deps diffusers==0.32.2 transformers==4.49.0 huggingface_hub==0.29.3 \\
+        tokenizers==0.21.0 regex einops peft==0.14.0 accelerate==1.3.0 importlib_metadata zipp
+    scenewright bench reference --reference-dir MIDI-3D --reference-path REFPKGS \\
+        --model ../shared/golden/midi3d/tiny-midi-3d --image IMG --seg SEG
+
+Two modules the reference imports but inference never calls are stood in for in its process:
+`gradio` (imported by the script) and `torch_cluster` (farthest-point sampling of the VAE encoder).
+Without `--reference-dir`, or when the reference cannot be imported, only our side runs and the
+reason is printed (exit 0).
+
+Stages: encode (both image encoders), denoise (the sampling loop), field (decoder queries; seconds,
+query count and microseconds per query), mesh (smoothing and marching cubes), total (the three plus
+encode; our placement stage is left out: the reference has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("encode", "denoise", "field", "mesh", "total")
+
+
+def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Run in the reference's process: its run_midi, with timers around its stages."""
+    import types
+
+    sys.modules.setdefault("gradio", types.ModuleType("gradio"))
+    stand_in = types.ModuleType("torch_cluster")
+
+    def fps(*_: Any, **__: Any) -> Any:
+        raise NotImplementedError("torch_cluster.fps: only the VAE encoder uses it")
+
+    stand_in.fps = fps  # type: ignore[attr-defined]
+    sys.modules.setdefault("torch_cluster", stand_in)
+    import torch
+    from midi.pipelines.pipeline_midi import MIDIPipeline
+    from scripts import inference_midi
+
+    torch.set_num_threads(args.threads)
+    pipe = MIDIPipeline.from_pretrained(args.model)
+    pipe.init_custom_adapter(set_self_attn_module_names=[f"blocks.{b}" for b in args.mi_blocks])
+    seconds = {"encode": 0.0, "field": 0.0, "mesh": 0.0}
+    marks: dict[str, float] = {}
+    queries = [0]
+
+    def timed(name: str, fn: Any, count: Any = None) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            seconds[name] += time.perf_counter() - start
+            marks[name] = time.perf_counter()
+            if count is not None:
+                queries[0] += count(*a, **k)
+            return out
+        return wrapper
+
+    pipe.encode_image_1 = timed("encode", pipe.encode_image_1)
+    pipe.encode_image_2 = timed("encode", pipe.encode_image_2)
+    decode_latents = pipe.decode_latents
+
+    def decode_with_mark(*a: Any, **k: Any) -> Any:
+        marks["decode_start"] = time.perf_counter()
+        return decode_latents(*a, **k)
+
+    pipe.decode_latents = decode_with_mark
+    pipe.vae.decode = timed("field", pipe.vae.decode,
+                            lambda latents, sampled_points=None, **_: int(sampled_points.shape[0] * sampled_points.shape[1])
+                            if sampled_points.dim() == 3 else int(sampled_points.shape[0] * latents.shape[0]))
+    inference_midi.smooth_gpu = timed("mesh", inference_midi.smooth_gpu)
+    inference_midi.measure.marching_cubes = timed("mesh", inference_midi.measure.marching_cubes)
+    start = time.perf_counter()
+    scene = inference_midi.run_midi(pipe, str(args.image), str(args.seg), seed=args.seed, num_inference_steps=args.steps,
+                                    guidance_scale=args.guidance_scale)
+    total = time.perf_counter() - start
+    vertices = [len(g.vertices) for g in scene.geometry.values()]
+    return {"encode": seconds["encode"], "denoise": marks["decode_start"] - marks["encode"],
+            "field": seconds["field"], "mesh": seconds["mesh"], "total": total, "queries": queries[0],
+            "vertices": vertices}
+
+
+def _our_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Run in our own process: ScenePipeline.generate on the same inputs, the decoder's queries timed."""
+    import torch
+    from PIL import Image
+
+    from ..pipeline import ScenePipeline
+    from ..protocol import GenerationSettings
+
+    torch.set_num_threads(args.threads)
+    pipe = ScenePipeline.from_pretrained(args.model, device="cpu", dtype="fp32")
+    field = {"seconds": 0.0, "queries": 0}
+    query = pipe.decoder.query
+
+    def timed_query(kv: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = query(kv, points)
+        field["seconds"] += time.perf_counter() - start
+        field["queries"] += int(points.shape[0] * points.shape[1])
+        return out
+
+    pipe.decoder.query = timed_query
+    settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
+                                  mi_blocks=list(args.mi_blocks), mesh_resolution=256)
+    result = pipe.generate(Image.open(args.image), Image.open(args.seg), settings)
+    t = result.timings
+    return {"encode": t["encode"], "denoise": t["denoise"], "field": field["seconds"],
+            "mesh": t["decode"] - field["seconds"], "total": t["preprocess"] + t["encode"] + t["denoise"] + t["decode"],
+            "queries": field["queries"], "vertices": [len(i.vertices) for i in result.instances]}
+
+
+def _run_side(side: str, args: argparse.Namespace) -> dict[str, Any] | str:
+    """One fresh process for one side; its JSON, or why it gave none."""
+    cmd = [sys.executable if side == "ours" else args.reference_python, "-m", "scenewright.bench.reference",
+           "--side", side, "--model", str(args.model), "--image", str(args.image), "--seg", str(args.seg),
+           "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale), "--seed", str(args.seed),
+           "--threads", str(args.threads), "--mi-blocks", *[str(b) for b in args.mi_blocks]]
+    env = dict(os.environ)
+    if side == "reference":
+        ours = str(Path(__file__).resolve().parents[2])  # this package, for `-m scenewright.bench.reference`
+        paths = [str(args.reference_dir), *args.reference_path, ours, env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          cwd=str(args.reference_dir) if side == "reference" else None)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def format_reference(result: dict[str, Any]) -> str:
+    lines = [f"{result['instances']} instances, {result['steps']} steps, guidance {result['guidance_scale']}, "
+             f"{result['threads']} threads, medians of {result['repeats']} alternated runs",
+             "| stage | reference s | scenewright s | reference / scenewright |", "|---|---:|---:|---:|"]
+    ref, ours = result.get("reference"), result["ours"]
+    for stage in STAGES:
+        r = ref[stage] if ref else None
+        lines.append(f"| {stage} | {'-' if r is None else f'{r:.2f}'} | {ours[stage]:.2f} | "
+                     f"{'-' if r is None else f'{r / max(ours[stage], 1e-9):.2f}x'} |")
+    for name, side in (("reference", ref), ("scenewright", ours)):
+        if side:
+            lines.append(f"{name}: {side['queries']:,} decoder queries, {1e6 * side['field'] / max(side['queries'], 1):.2f} "
+                         f"us per query, vertices per instance {side['vertices']}")
+    if result.get("reference_skipped"):
+        lines.append(f"reference not run: {result['reference_skipped']}")
+    return "\n".join(lines)
+
+
+def run_reference(args: argparse.Namespace) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"reference": [], "ours": []}
+    skipped = None if args.reference_dir else "no --reference-dir given"
+    for _ in range(args.repeats):
+        for side in ("reference", "ours"):
+            if side == "reference" and skipped:
+                continue
+            out = _run_side(side, args)
+            if isinstance(out, str):
+                if side == "ours":
+                    raise SystemExit(f"scenewright bench reference: our side failed: {out}")
+                skipped = out
+                continue
+            runs[side].append(out)
+
+    def medians(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not rows:
+            return None
+        out: dict[str, Any] = {k: _median([r[k] for r in rows]) for k in (*STAGES, "queries")}
+        out["vertices"] = rows[0]["vertices"]
+        out["runs"] = rows
+        return out
+
+    from PIL import Image
+    import numpy as np
+
+    seg = np.asarray(Image.open(args.seg))
+    return {"instances": int(len(np.unique(seg[seg > 0]))), "steps": args.steps, "guidance_scale": args.guidance_scale,
+            "threads": args.threads, "repeats": args.repeats, "reference_skipped": skipped,
+            "reference": medians(runs["reference"]), "ours": medians(runs["ours"])}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scenewright bench reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a MIDI-3D model folder (diffusers layout)")
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--seg", type=Path, required=True)
+    parser.add_argument("--reference-dir", type=Path, default=None, help="checkout of VAST-AI-Research/MIDI-3D")
+    parser.add_argument("--reference-path", action="append", default=[],
+                        help="folder with diffusers 0.32.2 / transformers 4.49.0 for the reference (repeatable)")
+    parser.add_argument("--reference-python", default=sys.executable, help="interpreter for the reference")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance-scale", type=float, default=7.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mi-blocks", type=int, nargs="*", default=None,
+                        help="multi-instance blocks (default: ScenePipeline's choice for the model)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--side", choices=("reference", "ours"), default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.mi_blocks is None:  # resolved here, so both sides get the same blocks
+        from ..models.dit import default_mi_blocks
+
+        args.mi_blocks = default_mi_blocks(json.loads((args.model / "transformer" / "config.json").read_text())["num_layers"])
+    if args.side == "reference":
+        print(json.dumps(_reference_side(args)))
+        return 0
+    if args.side == "ours":
+        print(json.dumps(_our_side(args)))
+        return 0
+    result = run_reference(args)
+    print(format_reference(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
