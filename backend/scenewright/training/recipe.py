@@ -69,7 +69,7 @@ class RecipeConfig(ConfigMixin):
     # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
     sample_steps: int = 24
     guidance_scale: float = 2.0
-    mesh_level: float = 0.015  # the codec's marching-cubes level: a little outside the zero set keeps thin parts
+    mesh_level: float = 0.015  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
@@ -87,8 +87,7 @@ def recipe_preset(cfg: RecipeConfig) -> "CodecModelPreset":
         raise SystemExit(f"--num-components {cfg.num_components}: with the {POSE_SIZE} pose numbers it must fill "
                          f"{channels}-channel tokens (a multiple of {channels})")
     codec = ShapeCodecConfig(grid_resolution=cfg.grid_resolution, num_components=cfg.num_components,
-                             tokens=(POSE_SIZE + cfg.num_components) // channels, channels=channels,
-                             level=cfg.mesh_level)
+                             tokens=(POSE_SIZE + cfg.num_components) // channels, channels=channels)
     return codec_model_preset(codec)
 
 
