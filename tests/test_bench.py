@@ -39,3 +39,30 @@ def test_memory_estimate_counts_the_full_architecture():
     eight = estimate_peak_bytes(PRESETS["full"], 8)
     assert five["weights"] == 2 * sum(counts.values())
     assert eight["denoise_activations"] > five["denoise_activations"]
+
+
+def test_reference_benchmark_without_the_reference_runs_our_side_and_says_why(golden_dir, tmp_path, capsys):
+    """A --reference-dir that holds no reference code: the reference side is skipped with its import error,
+    ours runs in its own process and reports every stage (one instance, one step, to stay short)."""
+    import numpy as np
+    from PIL import Image
+
+    seg = np.asarray(Image.open(golden_dir / "e2e_scene_seg.png"))
+    label = int(np.unique(seg[seg > 0])[0])
+    one = tmp_path / "one-instance-seg.png"
+    Image.fromarray(np.where(seg == label, seg, 0).astype(seg.dtype)).save(one)
+    out = tmp_path / "reference.json"
+    argv = ["reference", "--model", str(golden_dir / "tiny-midi-3d"), "--image", str(golden_dir / "e2e_scene_rgb.png"),
+            "--seg", str(one), "--reference-dir", str(tmp_path), "--steps", "1", "--repeats", "1", "--threads", "1",
+            "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["instances"] == 1 and result["reference"] is None
+    assert "midi" in result["reference_skipped"]  # the reference's package could not be imported from tmp_path
+    ours = result["ours"]
+    assert all(ours[stage] > 0 for stage in ("encode", "denoise", "field", "mesh", "total"))
+    assert ours["other"] >= 0 and abs(sum(ours[s] for s in ("encode", "denoise", "field", "mesh", "other"))
+                                      - ours["total"]) < 1e-6
+    assert ours["queries"] > 0 and len(ours["vertices"]) == 1
+    printed = capsys.readouterr().out
+    assert "reference not run" in printed and "| mesh |" in printed

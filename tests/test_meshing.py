@@ -171,7 +171,8 @@ def test_progressive_bbox_matches_reference(vae_case):
 
 def test_box_smooth_matches_reference(vae_case):
     logits = torch.from_numpy(vae_case["progressive_d4_logits"]).reshape(2, 17, 17, 17)
-    np.testing.assert_array_equal(box_smooth(logits).numpy(), vae_case["progressive_d4_smoothed"])
+    # summed axis by axis, not by the reference's conv3d: equal within float32 rounding
+    np.testing.assert_allclose(box_smooth(logits).numpy(), vae_case["progressive_d4_smoothed"], rtol=0, atol=1e-6)
 
 
 def test_marching_cubes_and_reference_vertex_mapping_match_reference(vae_case):

@@ -90,12 +90,17 @@ def progressive_bbox(
 def box_smooth(grid: torch.Tensor) -> torch.Tensor:
     """The reference's post-filter ("gaussian", sigma 1, really a 3x3x3 box with zero padding); (..., n, n, n).
 
-    One conv3d per volume, as the reference: batched conv3d rounds differently (~2e-7).
+    Summed axis by axis (three 3-tap sums instead of a 27-tap conv3d: 5x less work on a 257^3 grid),
+    then divided by 27; equal to the reference's conv3d within float32 rounding (a few 1e-8).
     """
-    volumes = grid.reshape(-1, 1, 1, *grid.shape[-3:])
-    kernel = torch.full((1, 1, 3, 3, 3), 1.0 / 27.0, dtype=grid.dtype, device=grid.device)
-    smoothed = [torch.nn.functional.conv3d(volume, kernel, padding=1) for volume in volumes]
-    return torch.cat(smoothed).reshape(grid.shape)
+    total = grid
+    for axis in range(grid.dim() - 3, grid.dim()):
+        n = total.shape[axis]
+        part = total.clone()
+        part.narrow(axis, 1, n - 1).add_(total.narrow(axis, 0, n - 1))
+        part.narrow(axis, 0, n - 1).add_(total.narrow(axis, 1, n - 1))
+        total = part
+    return total.div_(27.0)
 
 
 def grid_to_mesh(
@@ -200,29 +205,31 @@ class _FieldSampler:
         self.num_calls = 0
 
     @torch.no_grad()
-    def __call__(self, indices: list[np.ndarray]) -> list[np.ndarray]:
-        """indices: per row (K_b, 3) final-grid indices -> per row (K_b,) float32 values.
+    def __call__(self, flat: list[np.ndarray], samples: int, stride: int) -> list[np.ndarray]:
+        """flat: per row (K_b,) C-order indices into a level grid of `samples`^3, whose index i is the
+        final grid's i * stride -> per row (K_b,) float32 values.
 
         Rows are padded to the longest by repeating their first sample, so that one call
         per chunk serves all rows (the decoder attends per row, so rows cannot be merged);
         points are built per chunk, so memory stays bounded by `chunk_size`.
         """
-        longest = max(len(idx) for idx in indices)
-        out = np.empty((len(indices), longest), dtype=np.float32)
-        per_row = max(1, self.chunk_size // len(indices))
+        longest = max(len(f) for f in flat)
+        out = np.empty((len(flat), longest), dtype=np.float32)
+        per_row = max(1, self.chunk_size // len(flat))
         for start in range(0, longest, per_row):
             stop = min(start + per_row, longest)
-            block = np.zeros((len(indices), stop - start, 3), dtype=np.int64)
-            for row, idx in enumerate(indices):
-                part = idx[start:stop]
-                block[row, : len(part)] = part
-                block[row, len(part):] = idx[0] if len(idx) else 0
-            points = np.stack([np.stack([axes[d][block[row, :, d]] for d in range(3)], axis=-1)
-                               for row, axes in enumerate(self.axes)])
+            points = np.empty((len(flat), stop - start, 3), dtype=np.float32)
+            for row, (f, axes) in enumerate(zip(flat, self.axes)):
+                part = np.full(stop - start, f[0] if len(f) else 0, dtype=np.int64)
+                part[: max(0, min(stop, len(f)) - start)] = f[start:stop]
+                ix, rest = np.divmod(part, samples * samples)
+                iy, iz = np.divmod(rest, samples)
+                for d, index in enumerate((ix, iy, iz)):
+                    points[row, :, d] = axes[d][index * stride]
             out[:, start:stop] = self.field_fn(torch.from_numpy(points)).float().cpu().numpy()
             self.num_queries += points.shape[0] * points.shape[1]
             self.num_calls += 1
-        return [out[row, : len(idx)] for row, idx in enumerate(indices)]
+        return [out[row, : len(f)] for row, f in enumerate(flat)]
 
 
 def extract_meshes_dense(
@@ -240,68 +247,77 @@ def extract_meshes_dense(
     boxes = _row_boxes(bbox_min, bbox_max, batch_size)
     sampler = _FieldSampler(field_fn, [grid_axes(low, high, resolution) for low, high in boxes], chunk_size)
     n = resolution + 1
-    flat = np.stack(np.meshgrid(*[np.arange(n, dtype=np.int32)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    grids = [v.reshape(n, n, n) for v in sampler([flat] * batch_size)]
-    return _finish(grids, boxes, level, smooth, reference_vertex_mapping, sampler)
-
-
-def _finish(grids: list[np.ndarray], boxes: list[tuple[np.ndarray, np.ndarray]], level: float, smooth: bool,
-            reference_vertex_mapping: bool, sampler: "_FieldSampler") -> ExtractionResult:
+    grids = [v.reshape(n, n, n) for v in sampler([np.arange(n**3)] * batch_size, n, 1)]
     if smooth:
-        grids = [box_smooth(torch.from_numpy(np.ascontiguousarray(g))).numpy() for g in grids]
+        grids = [_smoothed(g) for g in grids]
+    return _finish(grids, boxes, level, reference_vertex_mapping, sampler)
+
+
+def _smoothed(grid: np.ndarray) -> np.ndarray:
+    return box_smooth(torch.from_numpy(np.ascontiguousarray(grid))).numpy()
+
+
+def _finish(grids: list[np.ndarray], boxes: list[tuple[np.ndarray, np.ndarray]], level: float,
+            reference_vertex_mapping: bool, sampler: "_FieldSampler") -> ExtractionResult:
+    """Marching cubes on the grids to mesh (already smoothed where wanted)."""
     meshes = [grid_to_mesh(g, low, high, level, reference_vertex_mapping) for g, (low, high) in zip(grids, boxes)]
     return ExtractionResult(meshes, sampler.num_queries, sampler.num_calls, grids, boxes)
 
 
 # ---- coarse-to-fine --------------------------------------------------------------------------
 
-_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+# The boolean grid operations below run in torch on numpy arrays' memory (from_numpy and .numpy() share
+# it): torch spreads them over the threads, numpy does not, and at 257^3 they are most of the bookkeeping.
 
 
-def _reduce_corners(samples: np.ndarray, op: np.ufunc) -> np.ndarray:
-    """Combine the 8 corner samples of every cell with a boolean op: (n+1,)^3 -> (n,)^3."""
-    n = samples.shape[0] - 1
-    out = samples[:n, :n, :n].copy()
-    for a, b, c in _CORNERS[1:]:
-        op(out, samples[a : a + n, b : b + n, c : c + n], out=out)
-    return out
+def _reduce_corners(samples: np.ndarray, op: Callable) -> np.ndarray:
+    """Combine the 8 corner samples of every cell with a boolean op (torch.logical_or / logical_and):
+    (n+1,)^3 -> (n,)^3, axis by axis."""
+    grid = torch.from_numpy(samples)
+    for axis in range(3):
+        moved = grid.movedim(axis, 0)
+        grid = op(moved[:-1], moved[1:]).movedim(0, axis)
+    return grid.numpy()
 
 
 def _straddling_cells(values: np.ndarray, level: float) -> np.ndarray:
     """Cells whose corners lie on both sides of the level (where marching cubes puts triangles)."""
     outside = values > level
-    return _reduce_corners(outside, np.logical_or) & ~_reduce_corners(outside, np.logical_and)
+    return _reduce_corners(outside, torch.logical_or) & ~_reduce_corners(outside, torch.logical_and)
 
 
 def _cells_to_samples(cells: np.ndarray, stride: int) -> np.ndarray:
     """Samples covered by the marked cells on a grid `stride` times finer: (n,)^3 -> (stride*n+1,)^3."""
-    n = cells.shape[0]
-    out = np.zeros((stride * n + 1,) * 3, dtype=bool)
-    for a in range(stride + 1):
-        for b in range(stride + 1):
-            for c in range(stride + 1):
-                out[a : a + stride * n : stride, b : b + stride * n : stride, c : c + stride * n : stride] |= cells
-    return out
+    grid = torch.from_numpy(cells)
+    for axis in range(3):
+        n = grid.shape[axis]
+        shape = list(grid.shape)
+        shape[axis] = stride * n + 1
+        out = torch.zeros(shape, dtype=torch.bool)
+        moved, source = out.movedim(axis, 0), grid.movedim(axis, 0)  # views: writing `moved` writes `out`
+        for offset in range(stride + 1):
+            moved[offset : offset + stride * n : stride] |= source
+        grid = out
+    return grid.numpy()
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 3x3x3 cube (every sample next to a marked one, diagonals included), axis by axis."""
+    grid = torch.from_numpy(mask)
+    for axis in range(3):
+        grown = grid.clone()
+        moved, source = grown.movedim(axis, 0), grid.movedim(axis, 0)
+        moved[1:] |= source[:-1]
+        moved[:-1] |= source[1:]
+        grid = grown
+    return grid.numpy()
 
 
 def _upsample(grid: np.ndarray) -> np.ndarray:
     """Halve the sample spacing by linear interpolation; keeps the sign wherever a cell's corners agree."""
-    for axis in range(3):
-        shape = list(grid.shape)
-        shape[axis] = 2 * shape[axis] - 1
-        out = np.empty(shape, dtype=grid.dtype)
-        even = [slice(None)] * 3
-        even[axis] = slice(0, None, 2)
-        odd = [slice(None)] * 3
-        odd[axis] = slice(1, None, 2)
-        low = [slice(None)] * 3
-        low[axis] = slice(0, -1)
-        high = [slice(None)] * 3
-        high[axis] = slice(1, None)
-        out[tuple(even)] = grid
-        out[tuple(odd)] = 0.5 * (grid[tuple(low)] + grid[tuple(high)])
-        grid = out
-    return grid
+    volume = torch.from_numpy(grid)[None, None]
+    size = tuple(2 * n - 1 for n in grid.shape)  # align_corners: old samples stay, new ones are exact means
+    return torch.nn.functional.interpolate(volume, size=size, mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
 @dataclass
@@ -364,8 +380,7 @@ def extract_meshes(
 
     stride = ratio  # final-grid samples per cell at the current level
     n = coarse
-    every = np.stack(np.meshgrid(*[np.arange(n + 1)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    values = sampler([every * stride] * batch_size)
+    values = sampler([np.arange((n + 1) ** 3)] * batch_size, n + 1, stride)
     states = [_Level(v.reshape((n + 1,) * 3), np.ones((n + 1,) * 3, dtype=bool)) for v in values]
 
     while True:
@@ -376,12 +391,11 @@ def extract_meshes(
         for state, voxel in zip(states, voxels):
             slope = _surface_slope(state, level, stride * voxel)
             reach = band * slope * stride * float(np.linalg.norm(voxel))
-            near = _reduce_corners(np.abs(state.values - level) < reach, np.logical_or)
-            cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, np.logical_and))
-            if dilation and stride > 2:
-                from scipy.ndimage import binary_dilation
-
-                cells = binary_dilation(cells, np.ones((3, 3, 3), bool), iterations=dilation)
+            near = _reduce_corners(np.abs(state.values - level) < reach, torch.logical_or)
+            cells = _straddling_cells(state.values, level) | (near & _reduce_corners(state.known, torch.logical_and))
+            if stride > 2:
+                for _ in range(dilation):
+                    cells = _grow(cells)
             if bounds_only:
                 cells &= _may_widen_bounds(state, level)
             state.values = _upsample(state.values)
@@ -395,9 +409,8 @@ def extract_meshes(
     if bounds_only:
         grids = [s.values for s in states]
         return ExtractionResult([None] * len(grids), sampler.num_queries, sampler.num_calls, grids, boxes)
-    if smooth:
-        _repair_smoothed(sampler, states, level)
-    return _finish([s.values for s in states], boxes, level, smooth, reference_vertex_mapping, sampler)
+    grids = _repair_smoothed(sampler, states, level) if smooth else [s.values for s in states]
+    return _finish(grids, boxes, level, reference_vertex_mapping, sampler)
 
 
 def _default_coarse(resolution: int) -> int:
@@ -440,25 +453,24 @@ def _may_widen_bounds(state: _Level, level: float) -> np.ndarray:
 
 def _evaluate(sampler: _FieldSampler, states: list[_Level], wanted: list[np.ndarray], stride: int) -> None:
     """Evaluate the wanted samples of every row in shared calls and mark them known."""
-    indices = [np.argwhere(mask) for mask in wanted]
-    for state, idx, vals in zip(states, indices, sampler([i * stride for i in indices])):
-        state.values[tuple(idx.T)] = vals
-        state.known[tuple(idx.T)] = True
+    flat = [np.flatnonzero(mask) for mask in wanted]
+    for state, f, vals in zip(states, flat, sampler(flat, wanted[0].shape[0], stride)):
+        np.put(state.values, f, vals)
+        np.put(state.known, f, True)
 
 
-def _repair_smoothed(sampler: _FieldSampler, states: list[_Level], level: float, rounds: int = 16) -> None:
-    """Evaluate every raw sample the box filter reads for a corner of a cell where the smoothed field crosses."""
-    from scipy.ndimage import binary_dilation
-
+def _repair_smoothed(sampler: _FieldSampler, states: list[_Level], level: float,
+                     rounds: int = 16) -> list[np.ndarray]:
+    """Evaluate every raw sample the box filter reads for a corner of a cell where the smoothed field crosses;
+    returns the smoothed grids of the final values."""
     for _ in range(rounds):
-        wanted = []
-        for state in states:
-            smoothed = box_smooth(torch.from_numpy(np.ascontiguousarray(state.values))).numpy()
-            corners = _cells_to_samples(_straddling_cells(smoothed, level), 1)
-            wanted.append(binary_dilation(corners, np.ones((3, 3, 3), bool)) & ~state.known)
+        smoothed = [_smoothed(state.values) for state in states]
+        wanted = [_grow(_cells_to_samples(_straddling_cells(grid, level), 1)) & ~state.known
+                  for grid, state in zip(smoothed, states)]
         if not any(w.any() for w in wanted):
-            return
+            return smoothed
         _evaluate(sampler, states, wanted, 1)
+    return [_smoothed(state.values) for state in states]
 
 
 def _repair(sampler: _FieldSampler, states: list[_Level], level: float, stride: int, rounds: int,
@@ -468,7 +480,7 @@ def _repair(sampler: _FieldSampler, states: list[_Level], level: float, stride: 
     for _ in range(rounds):
         wanted = []
         for state in states:
-            unsure = _straddling_cells(state.values, level) & ~_reduce_corners(state.known, np.logical_and)
+            unsure = _straddling_cells(state.values, level) & ~_reduce_corners(state.known, torch.logical_and)
             if bounds_only:
                 unsure &= _may_widen_bounds(state, level)
             wanted.append(_cells_to_samples(unsure, 1) & ~state.known)
