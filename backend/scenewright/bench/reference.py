@@ -13,6 +13,12 @@ folder of their own and pass it as `--reference-path`:
     scenewright bench reference --reference-dir MIDI-3D --reference-path REFPKGS \\
         --model ../shared/golden/midi3d/tiny-midi-3d --image IMG --seg SEG
 
+`--widen WIDTH LAYERS --widened-dir DIR` first writes a copy of `--model` whose transformer is a fresh
+random one of that width and depth (head size 64, the same condition sizes), made and saved by the
+reference's own `TripoSGDiTModel` and `MIDIPipeline.save_pretrained` in the reference's process (so it
+needs the reference), and runs both sides on it: the golden tiny transformer is too small to time the
+denoiser by.
+
 Two modules the reference imports but inference never calls are stood in for in its process:
 `gradio` (imported by the script) and `torch_cluster` (farthest-point sampling of the VAE encoder).
 Without `--reference-dir`, or when the reference cannot be imported, only our side runs and the
@@ -39,8 +45,8 @@ from typing import Any
 STAGES = ("encode", "denoise", "field", "mesh", "other", "total")
 
 
-def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
-    """Run in the reference's process: its run_midi, with timers around its stages."""
+def _stand_ins() -> None:
+    """Modules the reference imports at load time but inference never calls."""
     import types
 
     sys.modules.setdefault("gradio", types.ModuleType("gradio"))
@@ -51,6 +57,30 @@ def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
 
     stand_in.fps = fps  # type: ignore[attr-defined]
     sys.modules.setdefault("torch_cluster", stand_in)
+
+
+def _widen_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Run in the reference's process: `--model` with a fresh random transformer of the given size, saved by
+    the reference's own classes to `--widened-dir`."""
+    _stand_ins()
+    import torch
+    from midi.models.transformers import TripoSGDiTModel
+    from midi.pipelines.pipeline_midi import MIDIPipeline
+
+    pipe = MIDIPipeline.from_pretrained(args.model)
+    old = pipe.transformer.config
+    width, layers = args.widen
+    torch.manual_seed(args.seed)
+    pipe.transformer = TripoSGDiTModel(num_attention_heads=width // 64, width=width, in_channels=old.in_channels,
+                                       num_layers=layers, cross_attention_dim=old.cross_attention_dim,
+                                       cross_attention_2_dim=old.cross_attention_2_dim)
+    pipe.save_pretrained(args.widened_dir)
+    return {"parameters": sum(p.numel() for p in pipe.transformer.parameters())}
+
+
+def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Run in the reference's process: its run_midi, with timers around its stages."""
+    _stand_ins()
     import torch
     from midi.pipelines.pipeline_midi import MIDIPipeline
     from scripts import inference_midi
@@ -146,15 +176,16 @@ def _run_side(side: str, args: argparse.Namespace) -> dict[str, Any] | str:
     """One fresh process for one side; its JSON, or why it gave none."""
     cmd = [sys.executable if side == "ours" else args.reference_python, "-m", "scenewright.bench.reference",
            "--side", side, "--model", str(args.model), "--image", str(args.image), "--seg", str(args.seg),
+           *(["--widen", *map(str, args.widen), "--widened-dir", str(args.widened_dir)] if side == "widen" else []),
            "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale), "--seed", str(args.seed),
-           "--threads", str(args.threads), "--mi-blocks", *[str(b) for b in args.mi_blocks]]
+           "--threads", str(args.threads), *(["--mi-blocks", *map(str, args.mi_blocks)] if args.mi_blocks else [])]
     env = dict(os.environ)
-    if side == "reference":
+    if side != "ours":
         ours = str(Path(__file__).resolve().parents[2])  # this package, for `-m scenewright.bench.reference`
         paths = [str(args.reference_dir), *args.reference_path, ours, env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          cwd=str(args.reference_dir) if side == "reference" else None)
+                          cwd=None if side == "ours" else str(args.reference_dir))
     if proc.returncode != 0:
         return (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -167,7 +198,10 @@ def _median(values: list[float]) -> float:
 
 
 def format_reference(result: dict[str, Any]) -> str:
-    lines = [f"{result['instances']} instances, {result['steps']} steps, guidance {result['guidance_scale']}, "
+    widened = result.get("widened")
+    lines = [f"transformer widened to {widened['width']} x {widened['layers']} layers "
+             f"({widened['parameters'] / 1e6:.1f} M parameters, random)"] if widened else []
+    lines += [f"{result['instances']} instances, {result['steps']} steps, guidance {result['guidance_scale']}, "
              f"{result['threads']} threads, medians of {result['repeats']} alternated runs",
              "| stage | reference s | scenewright s | reference / scenewright |", "|---|---:|---:|---:|"]
     ref, ours = result.get("reference"), result["ours"]
@@ -187,6 +221,17 @@ def format_reference(result: dict[str, Any]) -> str:
 def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"reference": [], "ours": []}
     skipped = None if args.reference_dir else "no --reference-dir given"
+    widened = None
+    if args.widen:
+        if skipped:
+            raise SystemExit("scenewright bench reference: --widen needs the reference (--reference-dir)")
+        out = _run_side("widen", args)
+        if isinstance(out, str):
+            raise SystemExit(f"scenewright bench reference: the reference could not write the widened model: {out}")
+        widened = {"width": args.widen[0], "layers": args.widen[1], **out}
+        args.model = args.widened_dir
+    if args.mi_blocks is None:  # resolved here, so both sides get the same blocks
+        args.mi_blocks = _default_blocks(args.model)
     for _ in range(args.repeats):
         for side in ("reference", "ours"):
             if side == "reference" and skipped:
@@ -211,7 +256,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     seg = np.asarray(Image.open(args.seg))
-    return {"instances": int(len(np.unique(seg[seg > 0]))), "steps": args.steps, "guidance_scale": args.guidance_scale,
+    return {"model": str(args.model), "widened": widened,
+            "instances": int(len(np.unique(seg[seg > 0]))), "steps": args.steps, "guidance_scale": args.guidance_scale,
             "threads": args.threads, "repeats": args.repeats, "reference_skipped": skipped,
             "reference": medians(runs["reference"]), "ours": medians(runs["ours"])}
 
@@ -233,17 +279,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mi-blocks", type=int, nargs="*", default=None,
                         help="multi-instance blocks (default: ScenePipeline's choice for the model)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--widen", type=int, nargs=2, metavar=("WIDTH", "LAYERS"), default=None,
+                        help="time a fresh random transformer of this size instead (written by the reference)")
+    parser.add_argument("--widened-dir", type=Path, default=Path("widened-midi-3d"),
+                        help="where --widen writes its model folder")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--side", choices=("reference", "ours"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("reference", "ours", "widen"), default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _default_blocks(model: Path) -> list[int]:
+    from ..models.dit import default_mi_blocks
+
+    return default_mi_blocks(json.loads((model / "transformer" / "config.json").read_text())["num_layers"])
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if args.mi_blocks is None:  # resolved here, so both sides get the same blocks
-        from ..models.dit import default_mi_blocks
-
-        args.mi_blocks = default_mi_blocks(json.loads((args.model / "transformer" / "config.json").read_text())["num_layers"])
+    for name in ("model", "image", "seg", "widened_dir"):  # the reference's process runs in --reference-dir
+        setattr(args, name, getattr(args, name).resolve())
+    if args.side == "widen":
+        print(json.dumps(_widen_side(args)))
+        return 0
     if args.side == "reference":
         print(json.dumps(_reference_side(args)))
         return 0
