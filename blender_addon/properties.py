@@ -46,12 +46,21 @@ class SCENEWRIGHT_PG_job(bpy.types.PropertyGroup):
         return min(1.0, (index + within) / (len(stages) - 1))
 
 
+def model_candidates(self, context: bpy.types.Context, edit_text: str) -> list[tuple[str, str]]:
+    """The Model field's drop-down: the shipped models containing what is typed (any folder or hub id may
+    still be typed)."""
+    text = edit_text.strip().lower()
+    return [(name, what) for name, what in protocol.SHIPPED_MODELS.items() if text in name]
+
+
 class SCENEWRIGHT_PG_scene(bpy.types.PropertyGroup):
     reference_image: PointerProperty(name="Reference", type=bpy.types.Image,
                                      description="The picture to rebuild (default: the image shown in an Image Editor)")
     seg_image: PointerProperty(name="Masks", type=bpy.types.Image,
                                description="Seg map: black background, one gray value or flat colour per object")
-    model: StringProperty(name="Model", description="Model to generate with (empty: the backend's loaded model)")
+    model: StringProperty(name="Model", search=model_candidates,
+                          description="Model to generate with: a shipped one by name (default, default-sca), a "
+                                      "model folder or a hub repo id (empty: the backend's loaded model)")
     steps: IntProperty(name="Steps", default=0, min=0, max=int(protocol.SETTING_RANGES["steps"].high),
                        description="Denoising steps (0: the model's default)")
     custom_guidance: BoolProperty(name="Custom Guidance", default=False,

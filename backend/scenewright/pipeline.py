@@ -29,7 +29,7 @@ from .image_processing import build_conditions, mask_colours, resize_target, to_
 from .models.dit import PLAIN, AttentionLayout
 from .masks import InstanceMask, MaskError, instances_from_seg
 from .meshing import decimate
-from .protocol import MAX_INSTANCES, GenerationSettings
+from .protocol import MAX_INSTANCES, SHIPPED_MODELS, GenerationSettings
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
@@ -366,13 +366,12 @@ def has_scene_row(layout: AttentionLayout) -> bool:
     return layout.mode == "scene_context" and bool(layout.blocks)
 
 
-# Models this project trains and ships inside the package, by the name users give them.
-SHIPPED_MODELS = {"default": "default-model", "default-sca": "default-sca-model"}
-
-
 def shipped_model_path(name: str) -> Path:
-    """The folder of a shipped model (it may not be installed: check for its model_index.json)."""
-    return Path(__file__).resolve().parent / "assets" / SHIPPED_MODELS[name]
+    """The folder of a shipped model (protocol.SHIPPED_MODELS; it may not be installed: check for its
+    model_index.json)."""
+    if name not in SHIPPED_MODELS:
+        raise KeyError(f"{name!r} is not a shipped model; those are {', '.join(SHIPPED_MODELS)}")
+    return Path(__file__).resolve().parent / "assets" / f"{name}-model"
 
 
 def default_model_path() -> Path:

@@ -44,6 +44,13 @@ MIN_IMAGE_SIDE = 16
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
+# The models the package ships, by the name the CLI, the service and the add-on take (with what each is);
+# any other model value is a model folder or a hub repo id such as VAST-AI/MIDI-3D.
+SHIPPED_MODELS = {
+    "default": "the shipped model: multi-instance (MIDI) attention, for blockout-style images",
+    "default-sca": "the shipped scene-context (I-Scene) attention variant of the default model",
+}
+
 # Pipeline stages reported in job status, in order.
 STAGES = ("queued", "preprocess", "encode", "denoise", "decode", "place", "export", "done")
 

@@ -47,3 +47,17 @@ again = addon_utils.enable(EXT.__name__, default_set=True, handle_error=None) is
 done({"gone": gone, "again": again, "props": hasattr(bpy.types.Scene, "scenewright")})
 ''').result
     assert out == {"gone": True, "again": True, "props": True}
+
+
+def test_model_field_offers_the_shipped_models_by_name(blender):
+    out = blender.run('''
+import importlib
+props = importlib.import_module(EXT.__name__ + ".properties")
+search = props.model_candidates  # the Model field's search callback
+scene = bpy.context.scene.scenewright
+done({"all": [n for n, _ in search(scene, bpy.context, "")], "sca": [n for n, _ in search(scene, bpy.context, " SCA")],
+      "folder": list(search(scene, bpy.context, "/models/mine"))})
+''').result
+    from scenewright.protocol import SHIPPED_MODELS
+
+    assert out == {"all": list(SHIPPED_MODELS), "sca": ["default-sca"], "folder": []}

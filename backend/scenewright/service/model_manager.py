@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..loading import MODEL_INDEX, ModelLoadError, resolve_device, resolve_source
-from ..pipeline import SHIPPED_MODELS, ScenePipeline, shipped_model_path
+from ..pipeline import ScenePipeline, shipped_model_path
+from ..protocol import SHIPPED_MODELS
 
 OOM_MESSAGE = (
     "out of memory: {detail}. Try fewer instances, fewer steps or a lower mesh_resolution, "
