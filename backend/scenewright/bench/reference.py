@@ -14,7 +14,8 @@ folder of their own and pass it as `--reference-path`:
         --model ../shared/golden/midi3d/tiny-midi-3d --image IMG --seg SEG
 
 `--widen WIDTH LAYERS --widened-dir DIR` first writes a copy of `--model` whose transformer is a fresh
-random one of that width and depth (head size 64, the same condition sizes), made and saved by the
+random one of that width and depth (head size 64, the same condition sizes, drawn as the golden
+replica's weights were, seeded by `--seed`), made and saved by the
 reference's own `TripoSGDiTModel` and `MIDIPipeline.save_pretrained` in the reference's process (so it
 needs the reference), and runs both sides on it: the golden tiny transformer is too small to time the
 denoiser by.
@@ -70,10 +71,23 @@ def _widen_side(args: argparse.Namespace) -> dict[str, Any]:
     pipe = MIDIPipeline.from_pretrained(args.model)
     old = pipe.transformer.config
     width, layers = args.widen
-    torch.manual_seed(args.seed)
-    pipe.transformer = TripoSGDiTModel(num_attention_heads=width // 64, width=width, in_channels=old.in_channels,
-                                       num_layers=layers, cross_attention_dim=old.cross_attention_dim,
-                                       cross_attention_2_dim=old.cross_attention_2_dim)
+    transformer = TripoSGDiTModel(num_attention_heads=width // 64, width=width, in_channels=old.in_channels,
+                                  num_layers=layers, cross_attention_dim=old.cross_attention_dim,
+                                  cross_attention_2_dim=old.cross_attention_2_dim)
+    # the golden replica's re-init (its generation_report.json), so that the latents, like the tiny
+    # transformer's, decode to surfaces with the golden VAE: matrices ~ N(0, 1/fan_in), norm weights
+    # ~ 1 + N(0, 0.2^2), other vectors ~ N(0, 0.1^2)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.dim() >= 2:
+                param.copy_(noise / param[0].numel() ** 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.2 * noise)
+            else:
+                param.copy_(0.1 * noise)
+    pipe.transformer = transformer
     pipe.save_pretrained(args.widened_dir)
     return {"parameters": sum(p.numel() for p in pipe.transformer.parameters())}
 
