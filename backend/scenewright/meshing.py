@@ -180,6 +180,8 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[n
     closed = mesh.is_watertight
     target = max_faces
     for _ in range(4):
+        if target >= len(faces):  # raised as far as the mesh itself: keep it
+            break
         light = mesh.simplify_quadric_decimation(face_count=target)
         if len(light.faces) and (light.is_watertight or not closed):
             return np.asarray(light.vertices, np.float32), np.asarray(light.faces, np.int32)
