@@ -101,14 +101,17 @@ def _give_the_field_a_surface(pipe: Any, args: argparse.Namespace, fraction: flo
     import torch
     from scripts import inference_midi
 
+    from ..meshing import DEFAULT_BBOX_MAX, DEFAULT_BBOX_MIN, dense_grid_points
+    from ..models.dit import default_mi_blocks
+
     instance_rgbs, instance_masks, scene_rgbs = inference_midi.split_rgb_mask(str(args.image), str(args.seg))
-    pipe.init_custom_adapter(set_self_attn_module_names=[f"blocks.{b}" for b in _default_blocks_from(pipe)])
+    blocks = args.mi_blocks or default_mi_blocks(pipe.transformer.config.num_layers)  # the blocks the run will use
+    pipe.init_custom_adapter(set_self_attn_module_names=[f"blocks.{b}" for b in blocks])
     latents = pipe(image=instance_rgbs, mask=instance_masks, image_scene=scene_rgbs,
                    attention_kwargs={"num_instances": len(instance_rgbs)}, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
                    output_type="latent", return_dict=False)[0]
-    axis = torch.linspace(-1.005, 1.005, 17)
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
+    points = torch.from_numpy(dense_grid_points(DEFAULT_BBOX_MIN, DEFAULT_BBOX_MAX, 16))[None]
     with torch.no_grad():
         values = pipe.vae.decode(latents, sampled_points=points.expand(len(latents), -1, -1)).sample.float()
         values = values.reshape(len(latents), -1)
@@ -333,11 +336,6 @@ def _default_blocks(model: Path) -> list[int]:
 
     return default_mi_blocks(json.loads((model / "transformer" / "config.json").read_text())["num_layers"])
 
-
-def _default_blocks_from(pipe: Any) -> list[int]:
-    from ..models.dit import default_mi_blocks
-
-    return default_mi_blocks(pipe.transformer.config.num_layers)
 
 
 def main(argv: list[str]) -> int:
