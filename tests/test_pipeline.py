@@ -14,7 +14,7 @@ from scenewright.guidance import ClassifierFreeGuidance
 from scenewright.masks import MaskError, instances_from_seg
 from scenewright.meshing import box_smooth, dense_grid_points, progressive_bbox
 from scenewright.models.dit import AttentionLayout
-from scenewright.pipeline import GenerationCancelled, ScenePipeline, make_tiny_random_pipeline
+from scenewright.pipeline import GenerationCancelled, ScenePipeline, _consensus_candidate, make_tiny_random_pipeline
 from scenewright.protocol import GenerationSettings
 
 
@@ -128,6 +128,34 @@ def test_generate_is_deterministic_per_seed(tiny_random: ScenePipeline) -> None:
     assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(first.instances, second.instances))
     assert not all(a.vertices.shape == b.vertices.shape and np.allclose(a.vertices, b.vertices)
                    for a, b in zip(first.instances, other.instances))
+
+
+def _box_mesh(low: tuple[float, float, float], high: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    return corners.astype(np.float32), np.array([[0, 1, 2], [5, 6, 7]], np.int32)
+
+
+def test_candidates_keep_the_scene_the_others_agree_with() -> None:
+    """Of three sampled scenes, two put the second object to the right of the first and one far behind it: a
+    consensus keeps one of the two, whatever the scale and origin of each sample."""
+    table = _box_mesh((0, 0, 0), (1, 1, 1))
+    right = [table, _box_mesh((1.2, 0, 0), (1.7, 0.5, 0.5))]
+    scaled = [(m[0] * 3.0 + 5.0, m[1]) for m in right]
+    behind = [table, _box_mesh((0, 3, 0), (0.5, 3.5, 0.5))]
+    assert _consensus_candidate([behind, right, scaled]) is right
+    assert _consensus_candidate([right, behind, scaled]) is right
+    assert any(_consensus_candidate([behind, scaled, right]) is agreeing for agreeing in (scaled, right))
+    # an instance without a surface agrees with nothing: the complete sample wins
+    assert _consensus_candidate([[table, None], right, scaled]) is right
+
+
+def test_generate_with_candidates_is_deterministic(tiny_random: ScenePipeline) -> None:
+    image, seg = _scene()
+    settings = GenerationSettings(mesh_resolution=32, seed=3, steps=2, candidates=3)
+    first = tiny_random.generate(image, seg, settings)
+    second = tiny_random.generate(image, seg, settings)
+    assert [i.id for i in first.instances] == [1, 2, 3]
+    assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(first.instances, second.instances))
 
 
 def test_cancel_stops_between_steps(tiny_random: ScenePipeline) -> None:

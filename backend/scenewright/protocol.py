@@ -134,7 +134,7 @@ class GenerationSettings:
     mesh_resolution: int | None = None
     max_faces: int | None = None  # decimate each object to at most this many faces; None: the model's default
     refine_poses: bool | None = None  # fit each instance's pose to its mask after the camera solve; None: the model's
-    candidates: int | None = None  # scenes sampled, the best fitting the masks kept; None: the model's default
+    candidates: int | None = None  # scenes sampled, the one agreeing most with the others kept; None: the model's
     scene_size_m: float | None = None
     model: str | None = None
     labels: list[str] | None = None  # a name per instance, in instance order (ascending seg value, or mask order)

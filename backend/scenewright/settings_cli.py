@@ -44,7 +44,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-faces", type=int, default=None,
                         help="decimate each object to at most this many faces (default: the model's)")
     parser.add_argument("--candidates", type=int, default=None,
-                        help="scenes sampled per request, the one fitting the masks best kept (default: the model's)")
+                        help="scenes sampled per request, the one agreeing most with the others kept (default: the model's)")
     parser.add_argument("--refine-poses", type=on_off, default=None, metavar="ON|OFF",
                         help="fit each instance's pose to its mask after the camera solve (default: the model's)")
 
