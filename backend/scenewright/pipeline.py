@@ -354,7 +354,8 @@ def _consensus_candidate(views: list[list[tuple[np.ndarray, np.ndarray] | None]]
     """The sampled scene that agrees most with the others (minimum-Bayes-risk selection): the highest mean IoU of
     its instances' boxes with the same instances' boxes in every other sample, each scene normalised by its own
     box as the benchmark's IoU-B is. A sample far from what the model mostly draws is an outlier, not an option:
-    on dev this kept scenes better than the best outline fit (docs/results.md), at no placement cost."""
+    on dev this kept scenes better than the best outline fit (docs/results.md), at no placement cost. With two
+    samples agreement is symmetric and the first is kept: three is the least that can outvote an outlier."""
     boxes = [_normalised_boxes(view) for view in views]
 
     def agreement(i: int) -> float:
