@@ -66,3 +66,18 @@ def test_reference_benchmark_without_the_reference_runs_our_side_and_says_why(go
     assert ours["queries"] > 0 and len(ours["vertices"]) == 1
     printed = capsys.readouterr().out
     assert "reference not run" in printed and "| mesh |" in printed
+
+
+def test_reference_benchmark_up_to_decoding_times_encode_and_denoise_only(golden_dir, tmp_path):
+    """`--stages denoise` stops our side where decoding starts: encode, denoise and the total up to there."""
+    out = tmp_path / "denoise.json"
+    argv = ["reference", "--model", str(golden_dir / "tiny-midi-3d"), "--image", str(golden_dir / "e2e_scene_rgb.png"),
+            "--seg", str(golden_dir / "e2e_scene_seg.png"), "--steps", "2", "--repeats", "2", "--threads", "1",
+            "--stages", "denoise", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    ours = result["ours"]
+    assert result["stages"] == "denoise" and result["reference_skipped"] == "no --reference-dir given"
+    assert set(ours) == {"encode", "denoise", "total", "runs"} and len(ours["runs"]) == 2
+    assert all(run["encode"] > 0 and run["denoise"] > 0 and run["total"] >= run["encode"] + run["denoise"]
+               for run in ours["runs"])

@@ -30,6 +30,11 @@ query count and microseconds per query), mesh (the box filter and marching cubes
 so ours includes the smoothing our coarse-to-fine repair does), other (the rest of the run: image
 preprocessing, building the query grids, the boxes, our coarse-to-fine bookkeeping), total (all of
 them; our placement stage is left out: the reference has none).
+
+`--stages denoise` stops each side where it starts decoding (the same run up to there: the reference's
+run_midi, our ScenePipeline.generate) and reports encode, denoise and total up to that point: a run of
+the 512-wide transformer then takes under a minute instead of ten, so enough alternated repeats fit to
+tell the two denoisers apart (their difference is smaller than the run-to-run spread of two repeats).
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("encode", "denoise", "field", "mesh", "other", "total")
+DENOISE_STAGES = ("encode", "denoise", "total")
+
+
+class _DecodeReached(Exception):
+    """Raised where decoding would start, when only the stages before it are timed (`--stages denoise`)."""
 
 
 def _stand_ins() -> None:
@@ -152,6 +162,8 @@ def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
 
     def decode_with_mark(*a: Any, **k: Any) -> Any:
         marks["decode_start"] = time.perf_counter()
+        if args.stages == "denoise":
+            raise _DecodeReached
         return decode_latents(*a, **k)
 
     pipe.decode_latents = decode_with_mark
@@ -161,8 +173,12 @@ def _reference_side(args: argparse.Namespace) -> dict[str, Any]:
     inference_midi.smooth_gpu = timed("mesh", inference_midi.smooth_gpu)
     inference_midi.measure.marching_cubes = timed("mesh", inference_midi.measure.marching_cubes)
     start = time.perf_counter()
-    scene = inference_midi.run_midi(pipe, str(args.image), str(args.seg), seed=args.seed, num_inference_steps=args.steps,
-                                    guidance_scale=args.guidance_scale)
+    try:
+        scene = inference_midi.run_midi(pipe, str(args.image), str(args.seg), seed=args.seed,
+                                        num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
+    except _DecodeReached:
+        return {"encode": seconds["encode"], "denoise": marks["decode_start"] - marks["encode"],
+                "total": marks["decode_start"] - start}
     total = time.perf_counter() - start
     vertices = [len(g.vertices) for g in scene.geometry.values()]
     stages = {"encode": seconds["encode"], "denoise": marks["decode_start"] - marks["encode"],
@@ -207,6 +223,8 @@ def _our_side(args: argparse.Namespace) -> dict[str, Any]:
     meshing.grid_to_mesh = timed_mesh(meshing.grid_to_mesh)
     settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                                   mi_blocks=list(args.mi_blocks), mesh_resolution=256)
+    if args.stages == "denoise":
+        return _our_side_to_decoding(pipe, args, settings)
     result = pipe.generate(Image.open(args.image), Image.open(args.seg), settings)
     t = result.timings
     total = t["preprocess"] + t["encode"] + t["denoise"] + t["decode"]
@@ -220,13 +238,41 @@ def _our_side(args: argparse.Namespace) -> dict[str, Any]:
             "vertices": merged, "vertices_unmerged": [len(i.vertices) for i in result.instances]}
 
 
+def _our_side_to_decoding(pipe: Any, args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    """ScenePipeline.generate up to where it starts decoding, its encode and denoise calls timed."""
+    from PIL import Image
+
+    seconds = {"encode": 0.0, "denoise": 0.0}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            seconds[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    def decode(*_: Any, **__: Any) -> Any:
+        raise _DecodeReached
+
+    pipe.encode_conditions = timed("encode", pipe.encode_conditions)
+    pipe.denoise = timed("denoise", pipe.denoise)
+    pipe.decode = decode
+    start = time.perf_counter()
+    try:
+        pipe.generate(Image.open(args.image), Image.open(args.seg), settings)
+    except _DecodeReached:
+        return {**seconds, "total": time.perf_counter() - start}
+    raise RuntimeError("ScenePipeline.generate returned without decoding")
+
+
 def _run_side(side: str, args: argparse.Namespace) -> dict[str, Any] | str:
     """One fresh process for one side; its JSON, or why it gave none."""
     cmd = [sys.executable if side == "ours" else args.reference_python, "-m", "scenewright.bench.reference",
            "--side", side, "--model", str(args.model), "--image", str(args.image), "--seg", str(args.seg),
            *(["--widen", *map(str, args.widen), "--widened-dir", str(args.widened_dir)] if side == "widen" else []),
            "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale), "--seed", str(args.seed),
-           "--threads", str(args.threads), *(["--mi-blocks", *map(str, args.mi_blocks)] if args.mi_blocks else [])]
+           "--threads", str(args.threads), "--stages", args.stages, *(["--mi-blocks", *map(str, args.mi_blocks)] if args.mi_blocks else [])]
     env = dict(os.environ)
     if side != "ours":
         ours = str(Path(__file__).resolve().parents[2])  # this package, for `-m scenewright.bench.reference`
@@ -250,15 +296,16 @@ def format_reference(result: dict[str, Any]) -> str:
     lines = [f"transformer widened to {widened['width']} x {widened['layers']} layers "
              f"({widened['parameters'] / 1e6:.1f} M parameters, random)"] if widened else []
     lines += [f"{result['instances']} instances, {result['steps']} steps, guidance {result['guidance_scale']}, "
-             f"{result['threads']} threads, medians of {result['repeats']} alternated runs",
+             f"{result['threads']} threads, medians of {result['repeats']} alternated runs"
+             + (", up to decoding" if result.get("stages") == "denoise" else ""),
              "| stage | reference s | scenewright s | reference / scenewright |", "|---|---:|---:|---:|"]
     ref, ours = result.get("reference"), result["ours"]
-    for stage in STAGES:
+    for stage in DENOISE_STAGES if result.get("stages") == "denoise" else STAGES:
         r = ref[stage] if ref else None
         lines.append(f"| {stage} | {'-' if r is None else f'{r:.2f}'} | {ours[stage]:.2f} | "
                      f"{'-' if r is None else f'{r / max(ours[stage], 1e-9):.2f}x'} |")
     for name, side in (("reference", ref), ("scenewright", ours)):
-        if side:
+        if side and "queries" in side:
             lines.append(f"{name}: {side['queries']:,} decoder queries, {1e6 * side['field'] / max(side['queries'], 1):.2f} "
                          f"us per query, vertices per instance {side['vertices']}")
     if result.get("reference_skipped"):
@@ -295,8 +342,10 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     def medians(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         if not rows:
             return None
-        out: dict[str, Any] = {k: _median([r[k] for r in rows]) for k in (*STAGES, "queries")}
-        out["vertices"] = rows[0]["vertices"]
+        keys = (*STAGES, "queries") if args.stages == "all" else DENOISE_STAGES
+        out: dict[str, Any] = {k: _median([r[k] for r in rows]) for k in keys}
+        if "vertices" in rows[0]:
+            out["vertices"] = rows[0]["vertices"]
         out["runs"] = rows
         return out
 
@@ -306,7 +355,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     seg = np.asarray(Image.open(args.seg))
     return {"model": str(args.model), "widened": widened,
             "instances": int(len(np.unique(seg[seg > 0]))), "steps": args.steps, "guidance_scale": args.guidance_scale,
-            "threads": args.threads, "repeats": args.repeats, "reference_skipped": skipped,
+            "threads": args.threads, "repeats": args.repeats, "stages": args.stages, "reference_skipped": skipped,
             "reference": medians(runs["reference"]), "ours": medians(runs["ours"])}
 
 
@@ -327,6 +376,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mi-blocks", type=int, nargs="*", default=None,
                         help="multi-instance blocks (default: ScenePipeline's choice for the model)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--stages", choices=("all", "denoise"), default="all",
+                        help="all: the whole run; denoise: each side stopped where decoding starts")
     parser.add_argument("--widen", type=int, nargs=2, metavar=("WIDTH", "LAYERS"), default=None,
                         help="time a fresh random transformer of this size instead (written by the reference)")
     parser.add_argument("--widened-dir", type=Path, default=Path("widened-midi-3d"),
