@@ -129,7 +129,7 @@ def grid_to_mesh(
     # in float64, as run_midi maps them, then float32; in place in torch: the same numbers as numpy's
     # `vertices / divisor * (high - low) + low` in a fifth of the time on meshes of millions of vertices
     mapped = (torch.from_numpy(np.ascontiguousarray(vertices)).double().div_(torch.from_numpy(divisor))
-              .mul_(torch.from_numpy(np.asarray(high - low))).add_(torch.from_numpy(np.asarray(low))))
+              .mul_(torch.from_numpy(high - low)).add_(torch.from_numpy(low)))
     return TriMeshData(mapped.float().numpy(), np.ascontiguousarray(faces, dtype=np.int32))
 
 

@@ -49,11 +49,21 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("encode", "denoise", "field", "mesh", "other", "total")
-DENOISE_STAGES = ("encode", "denoise", "total")
+STAGES_OF = {"all": STAGES, "denoise": ("encode", "denoise", "total")}  # what each --stages reports
 
 
 class _DecodeReached(Exception):
     """Raised where decoding would start, when only the stages before it are timed (`--stages denoise`)."""
+
+
+def _accumulating(seconds: dict[str, float], name: str, fn: Any) -> Any:
+    """`fn`, its wall time added to seconds[name] at every call."""
+    def wrapper(*a: Any, **k: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*a, **k)
+        seconds[name] += time.perf_counter() - start
+        return out
+    return wrapper
 
 
 def _stand_ins() -> None:
@@ -198,6 +208,10 @@ def _our_side(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     pipe = ScenePipeline.from_pretrained(args.model, device="cpu", dtype="fp32")
+    settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
+                                  mi_blocks=list(args.mi_blocks), mesh_resolution=256)
+    if args.stages == "denoise":
+        return _our_side_to_decoding(pipe, args, settings)
     field = {"seconds": 0.0, "queries": 0}
     query = pipe.decoder.query
 
@@ -210,21 +224,8 @@ def _our_side(args: argparse.Namespace) -> dict[str, Any]:
 
     pipe.decoder.query = timed_query
     mesh = {"seconds": 0.0}
-
-    def timed_mesh(fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            start = time.perf_counter()
-            out = fn(*a, **k)
-            mesh["seconds"] += time.perf_counter() - start
-            return out
-        return wrapper
-
-    meshing.box_smooth = timed_mesh(meshing.box_smooth)
-    meshing.grid_to_mesh = timed_mesh(meshing.grid_to_mesh)
-    settings = GenerationSettings(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
-                                  mi_blocks=list(args.mi_blocks), mesh_resolution=256)
-    if args.stages == "denoise":
-        return _our_side_to_decoding(pipe, args, settings)
+    meshing.box_smooth = _accumulating(mesh, "seconds", meshing.box_smooth)
+    meshing.grid_to_mesh = _accumulating(mesh, "seconds", meshing.grid_to_mesh)
     result = pipe.generate(Image.open(args.image), Image.open(args.seg), settings)
     t = result.timings
     total = t["preprocess"] + t["encode"] + t["denoise"] + t["decode"]
@@ -244,19 +245,11 @@ def _our_side_to_decoding(pipe: Any, args: argparse.Namespace, settings: Any) ->
 
     seconds = {"encode": 0.0, "denoise": 0.0}
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            start = time.perf_counter()
-            out = fn(*a, **k)
-            seconds[name] += time.perf_counter() - start
-            return out
-        return wrapper
-
     def decode(*_: Any, **__: Any) -> Any:
         raise _DecodeReached
 
-    pipe.encode_conditions = timed("encode", pipe.encode_conditions)
-    pipe.denoise = timed("denoise", pipe.denoise)
+    pipe.encode_conditions = _accumulating(seconds, "encode", pipe.encode_conditions)
+    pipe.denoise = _accumulating(seconds, "denoise", pipe.denoise)
     pipe.decode = decode
     start = time.perf_counter()
     try:
@@ -300,7 +293,7 @@ def format_reference(result: dict[str, Any]) -> str:
              + (", up to decoding" if result.get("stages") == "denoise" else ""),
              "| stage | reference s | scenewright s | reference / scenewright |", "|---|---:|---:|---:|"]
     ref, ours = result.get("reference"), result["ours"]
-    for stage in DENOISE_STAGES if result.get("stages") == "denoise" else STAGES:
+    for stage in STAGES_OF[result.get("stages", "all")]:
         r = ref[stage] if ref else None
         lines.append(f"| {stage} | {'-' if r is None else f'{r:.2f}'} | {ours[stage]:.2f} | "
                      f"{'-' if r is None else f'{r / max(ours[stage], 1e-9):.2f}x'} |")
@@ -342,7 +335,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     def medians(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         if not rows:
             return None
-        keys = (*STAGES, "queries") if args.stages == "all" else DENOISE_STAGES
+        keys = (*STAGES_OF[args.stages], *(("queries",) if "queries" in rows[0] else ()))
         out: dict[str, Any] = {k: _median([r[k] for r in rows]) for k in keys}
         if "vertices" in rows[0]:
             out["vertices"] = rows[0]["vertices"]
