@@ -192,6 +192,25 @@ def test_box_on_table_keeps_contact(gap):
     assert placement.diagnostics["dropped_ids"] == ([2] if gap > 0.1 else [])
 
 
+def test_prop_inside_a_support_with_nothing_under_it_is_lifted_onto_its_top():
+    """A support whose top has no surface under the prop (an open tray: walls only, as a generated top with
+    holes), the prop sunk deep into it: it comes up onto the tray's top, not along the rays to the far floor."""
+    walls = [((1.0, 0.03, 0.6), (0.0, 2.515, 0.0)), ((1.0, 0.03, 0.6), (0.0, 3.485, 0.0)),
+             ((0.03, 1.0, 0.6), (-0.485, 3.0, 0.0)), ((0.03, 1.0, 0.6), (0.485, 3.0, 0.0))]
+    parts = [_box(extents, centre) for extents, centre in walls]
+    tray = (np.concatenate([v for v, _ in parts]), np.concatenate([f + 8 * k for k, (_, f) in enumerate(parts)]))
+    prop = _box((0.2, 0.2, 0.2), (0.0, 3.0, 0.3))  # half way down inside the tray, over its open middle
+    meshes = [tray, prop, _cylinder(0.25, 0.9, (-1.3, 2.4, 0.0))]
+    camera = _true_camera()
+    seg = _seg(meshes, camera)
+    placement = place_scene(meshes, [seg == k + 1 for k in range(3)], SIZE, scene_size_m=3.0, camera=camera)
+    tray_p, prop_p, _ = placement.instances
+    tray_top = (tray_p.vertices + tray_p.transform[:3, 3])[:, 2].max()
+    assert prop_p.support == 1
+    assert prop_p.transform[2, 3] == pytest.approx(tray_top, abs=1e-6)
+    assert np.ptp(prop_p.vertices, axis=0) == pytest.approx(np.ptp(prop[0], axis=0) * placement.diagnostics["scale_m_per_unit"])
+
+
 def test_default_scene_size_and_empty_meshes():
     meshes = _scene()
     camera = _true_camera()
@@ -320,3 +339,43 @@ def test_refine_poses_fits_misplaced_instances_to_their_masks():
     for (v0, _), (v1, _) in zip(moved, refined):
         assert abs(v0[:, 2].min() - v1[:, 2].min()) < 1e-9  # bottoms (contacts) unchanged
     assert refine_poses([None, *moved[1:]], masks, camera)[0] is None
+
+
+def test_refine_poses_restores_the_aspect_of_stretched_instances():
+    """Generated boxes are off per axis, not only in scale: a stretch along each axis comes back, bottoms kept."""
+    meshes = _scene()
+    camera = camera_from_params(25.0, 50.0, (0.0, -2.0, 2.2), SIZE)
+    seg = _seg(meshes, camera)
+    masks = [seg == k + 1 for k in range(len(meshes))]
+    stretch = np.array([1.1, 1.0, 0.92])  # wider and lower, within STRETCH_LIMIT: no uniform scale undoes it
+    stretched = []
+    for vertices, faces in meshes:
+        pivot = np.array([*(vertices[:, :2].min(axis=0) + vertices[:, :2].max(axis=0)) / 2, vertices[:, 2].min()])
+        stretched.append(((vertices - pivot) * stretch + pivot, faces))
+    refined = refine_poses(stretched, masks, camera)
+
+    def aspect_error(candidate):  # |log| of width over height relative to the truth's, per instance
+        return np.array([abs(math.log((np.ptp(v, axis=0)[0] / np.ptp(v, axis=0)[2]) / (np.ptp(t, axis=0)[0] / np.ptp(t, axis=0)[2])))
+                         for (v, _), (t, _) in zip(candidate, meshes)])
+
+    # a uniform scale and a turn leave width over height as stretched (log 1.1 / 0.92 = 0.18 each)
+    assert aspect_error(refined).mean() < 0.5 * aspect_error(stretched).mean()
+    for (v0, _), (v1, _) in zip(stretched, refined):
+        assert abs(v0[:, 2].min() - v1[:, 2].min()) < 1e-9
+
+
+def test_upright_frames_are_not_levelled():
+    """With level_floor off (a model upright by construction) a fitted tilt is reported but the scene is not turned."""
+    meshes = _scene()
+    camera = _true_camera()
+    seg = _seg(meshes, camera)
+    a = math.radians(4.0)
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    tilted = [(v @ tilt.T, f) for v, f in meshes]
+    masks = [seg == k + 1 for k in range(4)]
+    levelled = place_scene(tilted, masks, SIZE, scene_size_m=4.0, camera=camera)
+    kept = place_scene(tilted, masks, SIZE, scene_size_m=4.0, camera=camera, level_floor=False)
+    assert levelled.diagnostics["ground_levelled"] and not kept.diagnostics["ground_levelled"]
+    assert kept.diagnostics["ground_tilt_deg"] == pytest.approx(4.0, abs=0.3)
+    assert np.allclose(kept.scene_from_input[:3, :3] / kept.diagnostics["scale_m_per_unit"], np.eye(3), atol=1e-9)
+    assert not np.allclose(levelled.scene_from_input[:3, :3] / levelled.diagnostics["scale_m_per_unit"], np.eye(3), atol=1e-3)

@@ -336,13 +336,11 @@ class ScenePipeline:
 
         clock = time.perf_counter()
         report("place", 0, 1)
-        # MIDI-3D's scenes are upright but not necessarily turned towards the camera: solve the yaw too.
-        solve_yaw = self.options.frame == "midi"
         views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
         view_meshes = views[0] if len(views) == 1 else _consensus_candidate(views)
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
-        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels, solve_yaw,
-                                             refine)
+        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels,
+                                             self.options.frame, refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -435,21 +433,27 @@ def _place(
     image_size: tuple[int, int],
     scene_size_m: float | None,
     labels: dict[int, str],
-    solve_yaw: bool,
+    native_frame: str,
     refine: bool,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """Camera solve, [pose refinement], ground and scale; instances without a surface stay empty and unplaced."""
+    """Camera solve, [pose refinement], ground and scale; instances without a surface stay empty and unplaced.
+
+    A view-frame model's scenes are upright and face the camera by construction (its training frame); MIDI-3D's
+    are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
+    is levelled.
+    """
     from .placement import CameraSolveConfig, place_scene, refine_poses, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     masks = [i.mask for i in instances]
-    config = CameraSolveConfig(solve_yaw=solve_yaw)
+    gravity_only = native_frame == "midi"
+    config = CameraSolveConfig(solve_yaw=gravity_only)
     camera = None
     if refine:
         camera, _ = solve_camera(meshes, masks, image_size, config)
         meshes = refine_poses(meshes, masks, camera)
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
-                            config=config)
+                            config=config, level_floor=gravity_only)
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)

@@ -37,6 +37,9 @@ SNAP_FRACTION = 0.05
 # The floor plane fit corrects tilts between these angles. Below, a tilt is as likely one instance floating a
 # little (snapping handles both); above, the input frame is trusted over the fit.
 MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
+# refine_poses stretches an instance along each of its axes by at most this log factor (about 10 %), chosen on
+# the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement").
+STRETCH_LIMIT = 0.1
 
 # MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
 # The reference (VAST-AI-Research/MIDI-3D) exports its meshes with trimesh as
@@ -320,9 +323,15 @@ def solve_camera(
 
 def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], camera: Camera,
                  evaluations: int = 40, max_faces: int = 1500) -> list[Mesh | None]:
-    """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a uniform
-    scale about its bottom centre and a turn about its vertical axis (so its contact height is kept).
+    """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a scale about its
+    bottom centre (uniform, times a stretch along each of its own axes) and a turn about its vertical axis, so
+    its contact height is kept.
 
+    The parameters (shift x, shift y in scene-size units, log scale, yaw, log stretch x, y, z) have one
+    quadratic prior, so an aspect change costs more than the uniform scale it could stand for, and the
+    stretches are bounded by STRETCH_LIMIT: generated boxes are off by about 10 % per axis, not only in
+    scale, but a free stretch grows into the masks of the instances around (where the silhouette costs
+    nothing) and can carry the scene's supports with it (docs/results.md, "Pose refinement").
     Two steps per instance, as the camera solve: a robust least-squares fit of the projected
     outline to the mask's (support functions along 8 directions; sides the mask may be cut
     on, by the border or another instance, only count when the projection falls short),
@@ -336,6 +345,11 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     others = _others(all_masks, all_masks)
     directions = _directions(8)
     side = float(max(camera.resolution))
+    x_scale = np.array([0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1])
+    simplex_steps = np.array([0.03, 0.03, 0.03, 0.1, 0.03, 0.03, 0.03])
+    prior = 0.01  # weight of |x|^2 in the IoU loss (its square root in the outline residuals)
+    upper = np.array([np.inf] * 4 + [STRETCH_LIMIT] * 3)
+    limits = list(zip(-upper, upper))
     out = list(meshes)
     for i, mesh in enumerate(meshes):
         if not _usable(mesh) or not all_masks[i].any():
@@ -352,23 +366,25 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
         def moved(x: np.ndarray, points: np.ndarray) -> np.ndarray:
             c, s = math.cos(x[3]), math.sin(x[3])
             turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-            return ((points - pivot) @ turn.T) * math.exp(x[2]) + pivot + np.array([x[0], x[1], 0.0]) * size
+            stretched = (points - pivot) * np.exp(x[4:7])
+            return (stretched @ turn.T) * math.exp(x[2]) + pivot + np.array([x[0], x[1], 0.0]) * size
 
         def outline(x: np.ndarray) -> np.ndarray:
             uv, depth = camera.project(moved(x, hull))
             r = ((uv @ directions.T).max(axis=0) - extent) / side
             behind = np.maximum(0.05 * size - depth.min(), 0.0) * 10.0
-            return np.concatenate([np.where(open_sides, np.minimum(r, 0.0), r), [behind], 0.01 * x])
+            return np.concatenate([np.where(open_sides, np.minimum(r, 0.0), r), [behind], math.sqrt(prior) * x])
 
         def loss(x: np.ndarray) -> float:
             iou = scorer.ious(silhouette_spans([(moved(x, low[0]), low[1])], camera))[0]
-            return 1.0 - float(iou) + 0.01 * float(np.sum(x**2))
+            return 1.0 - float(iou) + prior * float(np.sum(x**2))
 
-        start = np.zeros(4)
-        fit = least_squares(outline, start, loss="soft_l1", f_scale=0.01, x_scale=[0.1, 0.1, 0.1, 0.3], max_nfev=100)
+        start = np.zeros(len(x_scale))
+        fit = least_squares(outline, start, loss="soft_l1", f_scale=0.01, x_scale=x_scale, max_nfev=100,
+                            bounds=(-upper, upper))
         begin = fit.x if loss(fit.x) < loss(start) else start
-        simplex = np.vstack([begin] + [begin + np.eye(4)[k] * step for k, step in enumerate((0.03, 0.03, 0.03, 0.1))])
-        result = minimize(loss, begin, method="Nelder-Mead",
+        simplex = np.vstack([begin] + [begin + np.eye(len(begin))[k] * step for k, step in enumerate(simplex_steps)])
+        result = minimize(loss, begin, method="Nelder-Mead", bounds=limits,
                           options={"maxfev": evaluations, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-4})
         best = result.x if result.fun < loss(begin) else begin
         if loss(best) < loss(start):
@@ -474,12 +490,15 @@ def place_scene(
     ids: Sequence[int] | None = None,
     camera: Camera | None = None,
     config: CameraSolveConfig | None = None,
+    level_floor: bool = True,
 ) -> Placement:
     """Solve the camera (unless given), stand the instances on the ground and their supports, scale to metres.
 
     meshes are in the view frame (any origin and scale), paired with masks
-    ((H, W) bool); a given camera is in the same frame. Levelling: a floor
-    tilted by MIN_TILT_DEG to MAX_TILT_DEG is rotated level; a camera with a
+    ((H, W) bool); a given camera is in the same frame. Levelling (level_floor): a floor
+    tilted by MIN_TILT_DEG to MAX_TILT_DEG is rotated level (off for a frame upright by construction, such
+    as the default model's, where a tilt fitted to imperfect bottoms would only turn the scene;
+    docs/results.md, "Pose refinement"); a camera with a
     yaw (gravity-aligned input solved with `solve_yaw`) has the scene turned
     about +Z to face it. Ground: the horizontal plane at the median bottom
     height of the instances within FLOOR_FRACTION of the lowest one; it ends
@@ -493,7 +512,9 @@ def place_scene(
     needing the least change of distance wins (a prop generated below a
     table top, along the ray to it, comes onto the table rather than falling
     to the floor); otherwise it falls straight down onto the first instance
-    below it, or, with none, slides along the rays to the ground. A surface
+    below it, or, with none, is lifted onto the top of a placed instance whose
+    box it is inside (a generated top with holes), or, outside any, slides along
+    the rays to the ground. A surface
     up to SNAP_FRACTION above its bottom counts too, so an instance sunk
     into its support is lifted.
     Scale: the larger horizontal side of the scene box becomes scene_size_m
@@ -509,6 +530,8 @@ def place_scene(
     # Level a slightly tilted floor first (the camera solve assumes no roll), then turn the scene about +Z
     # so the camera looks along +Y (a no-op for view-frame input, whose camera has no yaw).
     tilt, tilt_deg = _ground_levelling({i: np.asarray(meshes[i][0], np.float64) for i in usable})
+    if not level_floor:
+        tilt = np.eye(4)
     solve_info: dict[str, Any] = {}
     if camera is None:
         levelled = [None if i not in faces else (np.asarray(m[0], np.float64) @ tilt[:3, :3].T, faces[i]) for i, m in enumerate(meshes)]
@@ -561,7 +584,8 @@ def place_scene(
         "scene_size_m": float(scene_size_m or DEFAULT_SCENE_SIZE_M),
         "scale_m_per_unit": scale,
         "ground_height_levelled": ground,  # in input units, after the levelling rotation
-        "ground_tilt_deg": tilt_deg,
+        "ground_tilt_deg": tilt_deg,  # the floor fit's tilt, corrected only between the bounds and with level_floor
+        "ground_levelled": bool(not np.allclose(tilt, np.eye(4))),
         "floor_ids": [ids[i] for i in floor],
         "dropped_ids": [ids[i] for i in usable if shift[i] < -tolerance],  # fell farther than SNAP_FRACTION
         "empty_ids": [ids[i] for i in range(len(meshes)) if i not in vertices],
@@ -615,9 +639,25 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
         drop = _drop_distance(points, other, other_faces, tolerance)
         if drop is not None and drop < best_drop:
             best_drop, best_support = drop, j
+    if best_support is None:
+        # Inside a placed instance's box, over none of its surfaces (a generated top with holes, or a support
+        # enlarged by its pose fit): up onto that box's top, not far away along the rays to the ground.
+        below_top = [(float(other[:, 2].max()), j) for j, (other, _) in placed.items()
+                     if float(other[:, 2].max()) > bottom and _over_footprint(points, other)]
+        if below_top:
+            top, j = min(below_top)
+            return vertices + [0.0, 0.0, top - bottom], j
     if best_support is None and to_ground is not None:
         return to_ground[0], None
     return vertices - [0.0, 0.0, best_drop], best_support
+
+
+def _over_footprint(points: np.ndarray, vertices: np.ndarray) -> bool:
+    """The points' centre lies over the mesh's horizontal bounding box, away from its edges by a tenth of it."""
+    lo, hi = vertices[:, :2].min(axis=0), vertices[:, :2].max(axis=0)
+    margin = 0.1 * (hi - lo)
+    centre = points[:, :2].mean(axis=0)
+    return bool(np.all(centre >= lo + margin) and np.all(centre <= hi - margin))
 
 
 def _floor_instances(bottoms: dict[int, float], size: float, fraction: float = FLOOR_FRACTION) -> list[int]:
