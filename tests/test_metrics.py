@@ -13,7 +13,7 @@ from PIL import Image
 
 from scenewright.camera import Camera, render_silhouettes, view_frame_transform
 from scenewright.evaluation.cases import load_case, load_prediction, write_mesh
-from scenewright.evaluation.metrics import count_distinct, sample_surface, score_case
+from scenewright.evaluation.metrics import count_distinct, sample_surface, score_case, summarise
 
 RES = 128
 
@@ -35,7 +35,8 @@ def box(lo, hi) -> trimesh.Trimesh:
     return trimesh.creation.box(bounds=[lo, hi])
 
 
-def write_case(folder: Path, meshes: dict[int, trimesh.Trimesh], matrix: np.ndarray) -> Camera:
+def write_case(folder: Path, meshes: dict[int, trimesh.Trimesh], matrix: np.ndarray,
+               supports: dict[int, int] | None = None) -> Camera:
     """A case in the benchmark format; seg.png holds each instance's silhouette through the camera."""
     camera = Camera(matrix, 50.0, (RES, RES))
     (folder / "instances").mkdir(parents=True)
@@ -48,7 +49,8 @@ def write_case(folder: Path, meshes: dict[int, trimesh.Trimesh], matrix: np.ndar
     instances = []
     for inst_id, mesh in meshes.items():
         mesh.export(folder / "instances" / f"{inst_id}.ply")
-        instances.append({"id": inst_id, "label": "thing", "mesh": f"instances/{inst_id}.ply", "support": None})
+        instances.append({"id": inst_id, "label": "thing", "mesh": f"instances/{inst_id}.ply",
+                          "support": (supports or {}).get(inst_id)})
     scene = {"format": "scene-case/1", "camera": camera.to_dict(), "instances": instances, "ground_z": 0.0}
     (folder / "scene.json").write_text(json.dumps(scene))
     return camera
@@ -128,6 +130,19 @@ def test_missing_instance_lowers_ssr_and_scores_empty(tmp_path):
     assert rows[1]["f_o"] == 1.0 and rows[3]["f_o"] == 1.0
     assert result["ssr"] == pytest.approx(2 / 3)
     assert result["f_o"] == pytest.approx(2 / 3)
+
+
+def test_instance_means_are_also_split_by_ground_truth_support(tmp_path):
+    """The sphere rests on the box (scene.json's support): its empty prediction shows in the supported group only."""
+    matrix = camera_matrix(yaw_deg=0.0)
+    gt = furniture()
+    write_case(tmp_path / "case", gt, matrix, supports={3: 1})
+    write_pred(tmp_path / "pred", {1: gt[1], 2: gt[2]})
+    result = score_case(load_case(tmp_path / "case"), load_prediction(tmp_path / "pred"))
+    groups = summarise([result])["means_by_support"]
+    assert groups["supported"]["n_instances"] == 1 and groups["supported"]["iou_b"] == 0.0
+    assert groups["ground"]["n_instances"] == 2 and groups["ground"]["f_o"] == 1.0
+    assert groups["ground"]["iou_b"] < 1.0  # the scene box lost the sphere, so every box moved a little
 
 
 def test_empty_mesh_file_counts_as_empty(tmp_path):

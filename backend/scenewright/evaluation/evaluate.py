@@ -57,6 +57,10 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("stage_s_median"):
         stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in report["stage_s_median"].items())
         lines.append(f"| stages (median s) | {stages} |")
+    for group, values in (report.get("means_by_support") or {}).items():
+        shown = ", ".join(f"{_TABLE[name][0]} {'n/a' if values[name] is None else f'{values[name]:.4f}'}"
+                          for name in INSTANCE_METRICS)
+        lines.append(f"| {group} instances ({values['n_instances']}) | {shown} |")
     run = report.get("run", {})
     lines.append("")
     lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")

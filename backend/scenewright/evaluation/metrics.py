@@ -230,7 +230,7 @@ def score_case(case: Case, pred: Prediction) -> dict[str, Any]:
     instances = []
     for inst in case.instances:
         k = inst.id
-        row: dict[str, Any] = {"id": k, "label": inst.label, "empty": k not in meshes}
+        row: dict[str, Any] = {"id": k, "label": inst.label, "support": inst.support, "empty": k not in meshes}
         if k in meshes:
             pred_obj = sample_surface(object_normalise(meshes[k]), NUM_SAMPLES, (SAMPLING_SEED, k, _OBJECT))
             gt_obj = sample_surface(object_normalise(gt[k]), NUM_SAMPLES, (SAMPLING_SEED, k, _OBJECT))
@@ -272,10 +272,20 @@ def summarise(per_case: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for name in INSTANCE_METRICS:
         values = [row[name] for c in per_case for row in c["instances"] if row[name] is not None]
         means[name] = float(np.mean(values)) if values else None
+    # Not a protocol metric: the instance metrics of instances on the ground and of those resting on another
+    # (the GT's support), where the small supported props are what costs IoU-B most (docs/results.md).
+    by_support: dict[str, dict[str, Any]] = {}
+    for group, on_ground in (("ground", True), ("supported", False)):
+        rows = [row for c in per_case for row in c["instances"] if (row.get("support") is None) == on_ground]
+        by_support[group] = {"n_instances": len(rows)}
+        for name in INSTANCE_METRICS:
+            values = [row[name] for row in rows if row[name] is not None]
+            by_support[group][name] = float(np.mean(values)) if values else None
     times = [c["time_s"] for c in per_case if c.get("time_s") is not None]
     memory = [c["peak_mem_mb"] for c in per_case if c.get("peak_mem_mb") is not None]
     return {
         "means": means,
+        "means_by_support": by_support,
         "n_cases": len(per_case),
         "n_instances": sum(c["n_gt"] for c in per_case),
         "n_cases_with_camera": sum(1 for c in per_case if c["reproj_iou"] is not None),
