@@ -69,7 +69,7 @@ class RecipeConfig(ConfigMixin):
     # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
     sample_steps: int = 24
     guidance_scale: float = 2.0
-    mesh_level: float = 0.015  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
+    mesh_level: float = 0.01  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
