@@ -38,7 +38,7 @@ SNAP_FRACTION = 0.05
 # little (snapping handles both); above, the input frame is trusted over the fit.
 MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 # refine_poses stretches an instance along each of its axes by at most this log factor (about 10 %), chosen on
-# the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement").
+# the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement and levelling").
 STRETCH_LIMIT = 0.1
 
 # MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
@@ -331,7 +331,7 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     quadratic prior, so an aspect change costs more than the uniform scale it could stand for, and the
     stretches are bounded by STRETCH_LIMIT: generated boxes are off by about 10 % per axis, not only in
     scale, but a free stretch grows into the masks of the instances around (where the silhouette costs
-    nothing) and can carry the scene's supports with it (docs/results.md, "Pose refinement").
+    nothing) and can carry the scene's supports with it (docs/results.md, "Pose refinement and levelling").
     Two steps per instance, as the camera solve: a robust least-squares fit of the projected
     outline to the mask's (support functions along 8 directions; sides the mask may be cut
     on, by the border or another instance, only count when the projection falls short),
@@ -498,7 +498,7 @@ def place_scene(
     ((H, W) bool); a given camera is in the same frame. Levelling (level_floor): a floor
     tilted by MIN_TILT_DEG to MAX_TILT_DEG is rotated level (off for a frame upright by construction, such
     as the default model's, where a tilt fitted to imperfect bottoms would only turn the scene;
-    docs/results.md, "Pose refinement"); a camera with a
+    docs/results.md, "Pose refinement and levelling"); a camera with a
     yaw (gravity-aligned input solved with `solve_yaw`) has the scene turned
     about +Z to face it. Ground: the horizontal plane at the median bottom
     height of the instances within FLOOR_FRACTION of the lowest one; it ends
@@ -642,8 +642,8 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
     if best_support is None:
         # Inside a placed instance's box, over none of its surfaces (a generated top with holes, or a support
         # enlarged by its pose fit): up onto that box's top, not far away along the rays to the ground.
-        below_top = [(float(other[:, 2].max()), j) for j, (other, _) in placed.items()
-                     if float(other[:, 2].max()) > bottom and _over_footprint(points, other)]
+        tops = {j: float(other[:, 2].max()) for j, (other, _) in placed.items()}
+        below_top = [(tops[j], j) for j, (other, _) in placed.items() if tops[j] > bottom and _over_footprint(points, other)]
         if below_top:
             top, j = min(below_top)
             return vertices + [0.0, 0.0, top - bottom], j

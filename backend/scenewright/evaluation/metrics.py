@@ -264,23 +264,28 @@ def score_case(case: Case, pred: Prediction) -> dict[str, Any]:
     return result
 
 
+def _pooled_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Each instance metric's mean over the rows that have it (None when none has)."""
+    out: dict[str, float | None] = {}
+    for name in INSTANCE_METRICS:
+        values = [row[name] for row in rows if row[name] is not None]
+        out[name] = float(np.mean(values)) if values else None
+    return out
+
+
 def summarise(per_case: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means as the protocol defines them: scene metrics over cases, instance metrics over pooled instances."""
     means: dict[str, float | None] = {}
     for name in SCENE_METRICS:
         means[name] = float(np.mean([c[name] for c in per_case])) if per_case else None
-    for name in INSTANCE_METRICS:
-        values = [row[name] for c in per_case for row in c["instances"] if row[name] is not None]
-        means[name] = float(np.mean(values)) if values else None
+    rows = [row for c in per_case for row in c["instances"]]
+    means.update(_pooled_means(rows))
     # Not a protocol metric: the instance metrics of instances on the ground and of those resting on another
     # (the GT's support), where the small supported props are what costs IoU-B most (docs/results.md).
-    by_support: dict[str, dict[str, Any]] = {}
+    by_support = {}
     for group, on_ground in (("ground", True), ("supported", False)):
-        rows = [row for c in per_case for row in c["instances"] if (row.get("support") is None) == on_ground]
-        by_support[group] = {"n_instances": len(rows)}
-        for name in INSTANCE_METRICS:
-            values = [row[name] for row in rows if row[name] is not None]
-            by_support[group][name] = float(np.mean(values)) if values else None
+        members = [row for row in rows if (row.get("support") is None) == on_ground]
+        by_support[group] = {"n_instances": len(members), **_pooled_means(members)}
     times = [c["time_s"] for c in per_case if c.get("time_s") is not None]
     memory = [c["peak_mem_mb"] for c in per_case if c.get("peak_mem_mb") is not None]
     return {
