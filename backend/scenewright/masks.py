@@ -8,6 +8,7 @@ gray value merge, exactly as in the reference).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,3 +47,42 @@ def instances_from_seg(seg: Image.Image | np.ndarray) -> list[InstanceMask]:
     gray = seg_to_gray(seg)
     ids = [int(v) for v in np.unique(gray) if v != 0]
     return [InstanceMask(id=i, mask=gray == i) for i in ids]
+
+
+def outline_directions(count: int) -> np.ndarray:
+    """`count` unit 2D directions evenly spread over the circle, starting at +column."""
+    angles = np.arange(count) * (2.0 * math.pi / count)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def mask_support(mask: np.ndarray, others: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask's support function along `directions` (pixel squares, not centres), and which sides may be cut.
+
+    A side is cut (open) when the mask's extreme pixels in that direction lie
+    on the image border, or when another instance's mask comes within 2 px of
+    the mask near that extreme: the object may continue there unseen.
+    """
+    height, width = mask.shape
+    rows, cols = np.nonzero(mask)
+    centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    half = 0.5 * np.abs(directions).sum(axis=1)
+    heights = centres @ directions.T
+    extent = heights.max(axis=0) + half
+    on_border = (cols == 0) | (rows == 0) | (cols == width - 1) | (rows == height - 1)
+    open_sides = np.array([on_border[heights[:, k] >= extent[k] - half[k] - 1.5].any() for k in range(len(directions))])
+    near = np.zeros_like(mask)
+    pad = np.pad(mask, 2)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            near |= pad[2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
+    touch_rows, touch_cols = np.nonzero(near & others)
+    if len(touch_rows):
+        touch = np.stack([touch_cols + 0.5, touch_rows + 0.5], axis=1) @ directions.T
+        open_sides |= touch.max(axis=0) >= extent - half - 3.0
+    return extent, open_sides
+
+
+def other_masks(masks: list[np.ndarray], all_masks: list[np.ndarray]) -> list[np.ndarray]:
+    """For each fitted mask, the pixels of every other instance (fitted or not): where it may be occluded."""
+    counts = np.sum(all_masks, axis=0)
+    return [counts - m > 0 for m in masks]

@@ -14,6 +14,7 @@ check_cancel) -> [mesh | None]`; model_index.json's components say which a model
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class PipelineOptions(ConfigMixin):
     max_faces: int | None = None  # faces per object when the request gives no max_faces (None: as decoded)
     candidates: int = 1  # scenes sampled per request; the one agreeing most with the others is kept
     attention: str = "multi_instance"  # the layout of the chosen blocks: "multi_instance" or "scene_context"
+    # weight of the conditioner's camera estimate (pitch, fov) as the camera solve's prior; 0: the solve's own
+    # weak prior (CameraSolveConfig), for conditioners without an estimate too
+    camera_prior_weight: float = 0.0
 
 
 class MidiConditions:
@@ -99,6 +103,10 @@ class MidiConditions:
             coverage.append(cells.reshape(-1))
         weights = torch.from_numpy(np.stack(coverage))
         return torch.arange(1, 1 + weights.shape[1]), weights
+
+    def estimate_camera(self, image: Image.Image, masks: Sequence[np.ndarray]) -> None:
+        """MIDI-3D's encoders estimate no camera."""
+        return None
 
 
 
@@ -305,6 +313,7 @@ class ScenePipeline:
         # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
         rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
         emb1, emb2 = self.encode_conditions(scene, rows)
+        camera_estimate = self.conditioner.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
         synchronize(self.device)
         timings["encode"] = time.perf_counter() - clock
 
@@ -339,8 +348,9 @@ class ScenePipeline:
         views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
         view_meshes = views[0] if len(views) == 1 else _consensus_candidate(views)
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
+        prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
         generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels,
-                                             self.options.frame, refine)
+                                             self.options.frame, refine, prior)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -435,8 +445,12 @@ def _place(
     labels: dict[int, str],
     native_frame: str,
     refine: bool,
+    camera_prior: tuple[float, float, float] | None = None,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
     """Camera solve, [pose refinement], ground and scale; instances without a surface stay empty and unplaced.
+
+    `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
+    drawn towards instead of its generic prior.
 
     A view-frame model's scenes are upright and face the camera by construction (its training frame); MIDI-3D's
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
@@ -448,6 +462,9 @@ def _place(
     masks = [i.mask for i in instances]
     gravity_only = native_frame == "midi"
     config = CameraSolveConfig(solve_yaw=gravity_only)
+    if camera_prior is not None:
+        config = dataclasses.replace(config, prior_pitch_deg=camera_prior[0], prior_fov_deg=camera_prior[1],
+                                     prior_weight=camera_prior[2])
     camera = None
     if refine:
         camera, _ = solve_camera(meshes, masks, image_size, config)

@@ -24,6 +24,7 @@ from scipy.optimize import least_squares, minimize
 from scipy.spatial import ConvexHull, QhullError
 
 from .camera import Camera, silhouette_spans, view_frame_transform
+from .masks import mask_support, other_masks, outline_directions
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -149,12 +150,12 @@ class _CameraProblem:
         ends = np.cumsum([len(p) for p in points])
         self.all_points = np.concatenate(points)
         self.point_slices = [slice(e - len(p), e) for p, e in zip(points, ends)]
-        self.directions = _directions(cfg.support_directions)
+        self.directions = outline_directions(cfg.support_directions)
         self.extents, self.open_sides = zip(
-            *(_mask_support(m, o, self.directions) for m, o in zip(self.masks, _others(self.masks, self.all_masks)))
+            *(mask_support(m, o, self.directions) for m, o in zip(self.masks, other_masks(self.masks, self.all_masks)))
         )
         self.low = [_decimate(v, f, cfg.max_faces) for v, f in self.meshes]
-        self.scorer = _SpanScorer(self.masks, _others(self.masks, self.all_masks))
+        self.scorer = _SpanScorer(self.masks, other_masks(self.masks, self.all_masks))
 
     # parameters x = [pitch (rad), log tan(fov / 2), camera position (3) in normalised units, (yaw (rad))]
     def camera(self, x: np.ndarray, resolution: tuple[int, int] | None = None) -> Camera:
@@ -342,8 +343,8 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     Meshes are in the camera's frame.
     """
     all_masks = [np.asarray(m, bool) for m in masks]
-    others = _others(all_masks, all_masks)
-    directions = _directions(8)
+    others = other_masks(all_masks, all_masks)
+    directions = outline_directions(8)
     side = float(max(camera.resolution))
     x_scale = np.array([0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1])
     simplex_steps = np.array([0.03, 0.03, 0.03, 0.1, 0.03, 0.03, 0.03])
@@ -357,7 +358,7 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
         vertices, faces = np.asarray(mesh[0], np.float64), np.asarray(mesh[1], np.int64)
         low = _decimate(vertices, faces, max_faces)
         hull = _extreme_points(vertices, 200)
-        extent, open_sides = _mask_support(all_masks[i], others[i], directions)
+        extent, open_sides = mask_support(all_masks[i], others[i], directions)
         scorer = _SpanScorer([all_masks[i]], [others[i]])
         lo, hi = vertices.min(axis=0), vertices.max(axis=0)
         size = max(float((hi - lo).max()), 1e-12)
@@ -422,45 +423,6 @@ def _pixel_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(first column, first row, end column, end row) of the mask's pixels."""
     cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _directions(count: int) -> np.ndarray:
-    """`count` unit 2D directions evenly spread over the circle, starting at +column."""
-    angles = np.arange(count) * (2.0 * math.pi / count)
-    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _mask_support(mask: np.ndarray, others: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mask's support function along `directions` (pixel squares, not centres), and which sides may be cut.
-
-    A side is cut (open) when the mask's extreme pixels in that direction lie
-    on the image border, or when another instance's mask comes within 2 px of
-    the mask near that extreme: the object may continue there unseen.
-    """
-    height, width = mask.shape
-    rows, cols = np.nonzero(mask)
-    centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
-    half = 0.5 * np.abs(directions).sum(axis=1)
-    heights = centres @ directions.T
-    extent = heights.max(axis=0) + half
-    on_border = (cols == 0) | (rows == 0) | (cols == width - 1) | (rows == height - 1)
-    open_sides = np.array([on_border[heights[:, k] >= extent[k] - half[k] - 1.5].any() for k in range(len(directions))])
-    near = np.zeros_like(mask)
-    pad = np.pad(mask, 2)
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            near |= pad[2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
-    touch_rows, touch_cols = np.nonzero(near & others)
-    if len(touch_rows):
-        touch = np.stack([touch_cols + 0.5, touch_rows + 0.5], axis=1) @ directions.T
-        open_sides |= touch.max(axis=0) >= extent - half - 3.0
-    return extent, open_sides
-
-
-def _others(masks: list[np.ndarray], all_masks: list[np.ndarray]) -> list[np.ndarray]:
-    """For each fitted mask, the pixels of every other instance (fitted or not): where it may be occluded."""
-    counts = np.sum(all_masks, axis=0)
-    return [counts - m > 0 for m in masks]
 
 
 def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Mesh:

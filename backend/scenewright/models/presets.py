@@ -75,7 +75,9 @@ class CodecModelPreset:
 
 def codec_model_preset(codec: ShapeCodecConfig | None = None) -> CodecModelPreset:
     """The default model's architecture around a shape codec's latent layout (its tokens x channels)."""
-    condition, codec = ConditionEncoderConfig(), codec or ShapeCodecConfig()
+    # the encoder's optional inputs and camera head are on for models trained from now on (docs/model-card.md)
+    condition = ConditionEncoderConfig(mask_geometry=True, coordinates=True, camera_head=True)
+    codec = codec or ShapeCodecConfig()
     transformer = TripoSGDiTConfig(num_attention_heads=8, width=256, in_channels=codec.channels, num_layers=8,
                                    cross_attention_dim=condition.global_dim,
                                    cross_attention_2_dim=condition.token_dim, latent_positions=codec.tokens)

@@ -26,6 +26,7 @@ and can be shipped to a remote GPU machine in pieces (see docs/training.md):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -256,9 +257,12 @@ def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", res
         obj = canonical_object(world, faces, np.asarray(entries[inst.id]["matrix_world"]), to_view, norm.center, norm.scale)
         poses.append(obj.pose.to_vector())
         grids.append(sdf_grid(obj.unit_vertices, obj.faces, resolution, truncation, rng).reshape(-1))
+    matrix = np.asarray(case.camera.matrix_world, dtype=np.float64)
+    camera = [math.degrees(math.asin(float(np.clip(matrix[2, 2], -1.0, 1.0)))), float(case.camera.fov_deg)]
     return {
         "num_instances": np.array([len(visible)], dtype=np.int64),
         "scene": inputs.scene[None],
+        "camera": np.asarray([camera], np.float32),  # the scene's camera pitch and field of view, degrees
         "masks": inputs.masks,
         "crops": inputs.crops,
         "boxes": inputs.boxes,

@@ -139,7 +139,8 @@ class MidiBatches:
         self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
 
     def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
-              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(emb1, emb2, clean latents, weighted auxiliary losses: none here)."""
         if with_scene_row:
             raise ValueError("the MIDI-structured route has no scene branch (scene-context training)")
         clip_px, dino_px = [], []
@@ -151,7 +152,7 @@ class MidiBatches:
         emb1 = self.modules["image_encoder_1"](torch.cat(clip_px).to(device)).unsqueeze(1)
         emb2 = self.modules["image_encoder_2"](torch.cat(dino_px).to(device))
         x0 = torch.cat([self.latents[rows] for _, rows in groups])
-        return emb1, emb2, x0.to(device)
+        return emb1, emb2, x0.to(device), {}
 
 
 class SceneBatches:
@@ -159,18 +160,25 @@ class SceneBatches:
     shape-codec latents; with probability `mirror` a scene is seen mirrored left-right (its image
     inputs flipped, its latents those of the mirrored objects). With a scene branch (I-Scene's
     scene-context training) each scene can get one more row after its instances: the whole scene
-    as one object (`data.scene_branch_example`), with its own latents."""
+    as one object (`data.scene_branch_example`), with its own latents. An encoder with a camera head
+    also learns each scene's camera (pitch, field of view; mean squared error of the standardised
+    values, times `camera_weight`): an auxiliary loss."""
 
     def __init__(self, encoder: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
                  mirrored_latents: torch.Tensor, mirror: float, branch: dict[str, np.ndarray] | None = None,
-                 branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None, camera_weight: float = 0.0):
         self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
         self.data, self.latents, self.mirrored, self.mirror = data, latents, mirrored_latents, mirror
         self.branch, self.branch_latents = branch, branch_latents
+        self.camera_weight = camera_weight
+        if encoder.camera_head is not None and "camera" not in data:
+            raise ValueError("an encoder with a camera head needs each scene's camera in the shards: remake the "
+                             "recipe's data stage")
 
     def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
-              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..models.condition_encoder import flip_conditions
+              with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(emb1, emb2, clean latents, weighted auxiliary losses by name)."""
+        from ..models.condition_encoder import camera_targets, flip_conditions
 
         if with_scene_row and self.branch is None:
             raise ValueError("scene rows need the scene branch's data (the recipe's branch stage)")
@@ -192,10 +200,15 @@ class SceneBatches:
             index.append(torch.full((len(picks[0]),), k, dtype=torch.long))
             x0.append(targets[1] if flip else targets[0])
         scale = 1.0 / 255.0
-        emb1, emb2 = self.modules["condition_encoder"](
+        emb1, emb2, camera = self.modules["condition_encoder"](
             torch.cat(scenes).to(device).float() * scale, torch.cat(masks).to(device).float() * scale,
             torch.cat(crops).to(device).float() * scale, torch.cat(boxes).to(device), torch.cat(index).to(device))
-        return emb1, emb2, torch.cat(x0).to(device)
+        extra = {}
+        if camera is not None:
+            truth = torch.from_numpy(self.data["camera"][[scene for scene, _ in groups]])
+            target = camera_targets(truth[:, 0], truth[:, 1]).to(device)
+            extra["camera"] = self.camera_weight * (camera.float() - target).pow(2).mean()
+        return emb1, emb2, torch.cat(x0).to(device), extra
 
 
 class DiTObjective:
@@ -238,7 +251,7 @@ class DiTObjective:
         per_group = num_instances + int(with_scene_row)
         keep = torch.cat([torch.full((rows.stop - rows.start + int(with_scene_row),), float(rand.numpy.random() >= self.cfg_drop))
                           for _, rows in groups]).to(device)
-        emb1, emb2, x0 = self.batches.batch(groups, rand, device, with_scene_row)
+        emb1, emb2, x0, extra = self.batches.batch(groups, rand, device, with_scene_row)
         # one sigma per group (logit-normal), repeated over its rows
         sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
         sigma = sigma.repeat_interleave(per_group) if per_group > 1 else sigma
@@ -255,4 +268,5 @@ class DiTObjective:
             per_token = error.mean(dim=(0, 2)).detach()
             stats.update({"loss_token0": float(per_token[0]), "loss_rest": float(per_token[1:].mean())})
             error = error * self.token_weights.to(error.device)[None, :, None]
-        return error.mean(), stats
+        stats.update({f"loss_{name}": float(value.detach()) for name, value in extra.items()})
+        return error.mean() + sum(extra.values(), torch.zeros((), device=error.device)), stats

@@ -56,20 +56,23 @@ class RecipeConfig(ConfigMixin):
     fit_objects: int = 6000  # objects the PCA is fitted on (each also mirrored)
     grid_resolution: int = 32  # the shape codec's signed-distance grid (samples per axis)
     num_components: int = 64  # its PCA components (with the 8 pose numbers, a multiple of 8: 8-channel tokens)
-    steps: int = 9000  # about 90 minutes at 2 threads on an idle 2-core CPU
+    steps: int = 12000  # about 2 hours at 2 threads on an idle 2-core CPU
     batch_size: int = 32  # instance rows per step
     lr: float = 4e-4
     warmup: int = 300
     ema: float = 0.999
     mirror: float = 0.5
     pose_weight: float = 4.0  # the pose token's loss weight (8 numbers that decide placement, vs 64 for the shape)
+    camera_weight: float = 0.2  # the condition encoder's camera loss (pitch and fov, standardised), beside the flow loss
     attention: str = "multi_instance"  # or "scene_context": I-Scene's scene-context attention with a scene branch
+    mi_blocks: int = 5  # K: the DiT's middle blocks with multi-instance (or scene-context) attention (MIDI: 5)
     cfg_drop: float = 0.15
     single_fraction: float = 0.25
     # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
     sample_steps: int = 24
     guidance_scale: float = 2.0
     mesh_level: float = 0.01  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
+    camera_prior_weight: float = 0.0  # how strongly the camera solve follows the encoder's camera estimate
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
@@ -215,11 +218,15 @@ def make_branch_data(run: Path, cfg: RecipeConfig) -> None:
 
 
 def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
+    from ..models.dit import default_mi_blocks
     from .train import TrainConfig
 
+    blocks = default_mi_blocks(recipe_preset(cfg).transformer.num_layers, cfg.mi_blocks)
     return TrainConfig(stage="codec-dit", out=str(run), data=str(run / "data"), codec=str(run / "codec"), seed=cfg.seed,
+                       mi_blocks=blocks,
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, ema=cfg.ema,
-                       mirror=cfg.mirror, pose_weight=cfg.pose_weight, attention=cfg.attention,
+                       mirror=cfg.mirror, pose_weight=cfg.pose_weight, camera_weight=cfg.camera_weight,
+                       attention=cfg.attention,
                        cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,
                        sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale,
                        checkpoint_every=cfg.checkpoint_every, log_every=25, device="cpu")

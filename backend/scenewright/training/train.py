@@ -86,6 +86,7 @@ class TrainConfig(ConfigMixin):
     single_fraction: float = 0.25
     mirror: float = 0.0  # codec-dit: share of scenes seen mirrored left-right
     pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
+    camera_weight: float = 0.0  # codec-dit: weight of the condition encoder's camera loss (with a camera head)
     attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -344,7 +345,8 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
         if len(branch_latents[0]) != len(data["num_instances"]):
             raise SystemExit(f"{cfg.codec} holds scene-branch latents of {len(branch_latents[0])} scenes but "
                              f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
-    batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents)
+    batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
+                           camera_weight=cfg.camera_weight)
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
     objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size,
@@ -443,17 +445,19 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     codec = load_component(TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text())).codec)
     components = build_codec_model(codec_model_preset(codec.config))
     cfg, step = _load_trained(stage_dir, components)
-    steps, guidance = cfg.sample_steps, cfg.guidance_scale
+    steps, guidance, camera_prior_weight = cfg.sample_steps, cfg.guidance_scale, 0.0
     if recipe is not None:
         steps, guidance = recipe["sample_steps"], recipe["guidance_scale"]
         codec.config.level = recipe["mesh_level"]
+        camera_prior_weight = recipe.get("camera_prior_weight", 0.0)
     components["shape_codec"] = codec
     transformer = components["transformer"]
     options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=steps,
                               guidance_scale=guidance,
                               mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
                               mesh_resolution=codec.config.grid_resolution, refine_poses=True,
-                              max_faces=DEFAULT_MAX_FACES, attention=cfg.attention)
+                              max_faces=DEFAULT_MAX_FACES, attention=cfg.attention,
+                              camera_prior_weight=camera_prior_weight)
     for name in ("transformer", "condition_encoder", "shape_codec"):
         components[name].to(EXPORT_DTYPE)
     folder = Path(folder)
