@@ -212,5 +212,31 @@ def test_codec_model_generates_placed_instances(tiny_codec_model: Path, repo_roo
         assert abs(float(inst.scene_vertices()[:, 2].min())) < 1e-3 or result.supports[inst.id] is not None
     same = pipe.generate(Image.open(example / "image.png"), seg, GenerationSettings(seed=1))
     assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(result.instances, same.instances))
+
+
+def test_codec_model_camera_estimate_draws_the_camera_solve(tiny_codec_model: Path, repo_root: Path) -> None:
+    """With `camera_prior_weight`, the solve follows the condition encoder's camera estimate: a head made to
+    say 40 degrees of pitch and 56 of field of view moves the solved camera there; without the weight the
+    same model's solve lands elsewhere."""
+    from scenewright.models.condition_encoder import camera_targets
+
+    example = repo_root / "backend" / "scenewright" / "assets" / "examples" / "desk"
+    image, seg = Image.open(example / "image.png"), Image.open(example / "seg.png")
+    pipe = ScenePipeline.from_pretrained(tiny_codec_model, device="cpu")
+    head = pipe.conditioner.camera_head[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(camera_targets(torch.tensor([40.0]), torch.tensor([56.0]))[0])
+    assert pipe.conditioner.estimate_camera(image, [m.mask for m in instances_from_seg(seg)]) == pytest.approx((40.0, 56.0))
+
+    def solved(weight: float) -> tuple[float, float]:
+        pipe.options.camera_prior_weight = weight
+        camera = pipe.generate(image, seg, GenerationSettings(seed=1)).camera
+        forward = -np.asarray(camera["matrix_world"])[:3, 2]
+        return float(np.degrees(np.arcsin(-forward[2]))), float(camera["fov_deg"])
+
+    free, drawn = solved(0.0), solved(100.0)
+    assert drawn == pytest.approx((40.0, 56.0), abs=1.0)
+    assert abs(free[0] - 40.0) + abs(free[1] - 56.0) > 3.0
     with pytest.raises(GenerationCancelled):
         pipe.generate(Image.open(example / "image.png"), seg, GenerationSettings(steps=2), should_cancel=lambda: True)
