@@ -72,7 +72,9 @@ class RecipeConfig(ConfigMixin):
     sample_steps: int = 24
     guidance_scale: float = 2.0
     mesh_level: float = 0.01  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
-    camera_prior_weight: float = 0.0  # how strongly the camera solve follows the encoder's camera estimate
+    # how strongly the camera solve follows the encoder's camera estimate (pitch, fov): 10 all but fixes them
+    camera_prior_weight: float = 10.0
+    candidates: int = 3  # scenes sampled per request, the one the others agree with most kept
     threads: int = 2  # torch threads of the training and evaluation stages
     checkpoint_every: int = 500
     export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)

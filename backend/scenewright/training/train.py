@@ -445,11 +445,11 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     codec = load_component(TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text())).codec)
     components = build_codec_model(codec_model_preset(codec.config))
     cfg, step = _load_trained(stage_dir, components)
-    steps, guidance, camera_prior_weight = cfg.sample_steps, cfg.guidance_scale, 0.0
+    steps, guidance, camera_prior_weight, candidates = cfg.sample_steps, cfg.guidance_scale, 0.0, 1
     if recipe is not None:
         steps, guidance = recipe["sample_steps"], recipe["guidance_scale"]
         codec.config.level = recipe["mesh_level"]
-        camera_prior_weight = recipe.get("camera_prior_weight", 0.0)
+        camera_prior_weight, candidates = recipe["camera_prior_weight"], recipe["candidates"]
     components["shape_codec"] = codec
     transformer = components["transformer"]
     options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=steps,
@@ -457,7 +457,7 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
                               mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
                               mesh_resolution=codec.config.grid_resolution, refine_poses=True,
                               max_faces=DEFAULT_MAX_FACES, attention=cfg.attention,
-                              camera_prior_weight=camera_prior_weight)
+                              camera_prior_weight=camera_prior_weight, candidates=candidates)
     for name in ("transformer", "condition_encoder", "shape_codec"):
         components[name].to(EXPORT_DTYPE)
     folder = Path(folder)
