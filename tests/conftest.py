@@ -32,16 +32,17 @@ def golden_dir(shared_dir: Path) -> Path:
     return path
 
 
-def make_tiny_codec_model(folder: Path, seed: int = 0) -> Path:
+def make_tiny_codec_model(folder: Path, seed: int = 0, condition_extras: bool = False) -> Path:
     """A model folder of the default model's kind with random DiT and condition-encoder weights and a
-    small shape codec fitted on procedural shapes: real meshes, real plumbing, meaningless placement."""
+    small shape codec fitted on procedural shapes: real meshes, real plumbing, meaningless placement.
+    `condition_extras`: the condition encoder's mask geometry, coordinates and camera head on."""
     import dataclasses
 
     import numpy as np
 
     from scenewright.data.shapes import make_shape
     from scenewright.loading import save_pipeline
-    from scenewright.models.presets import DEFAULT_MODEL, build_codec_model
+    from scenewright.models.presets import build_codec_model, codec_model_preset
     from scenewright.models.shape_codec import BoxPose, ShapeCodecConfig
     from scenewright.pipeline import OPTIONS_KEY, PipelineOptions
     from scenewright.training.shape_grids import fit_codec, sdf_grid
@@ -54,8 +55,9 @@ def make_tiny_codec_model(folder: Path, seed: int = 0) -> Path:
         grids.append(sdf_grid((np.asarray(mesh.vertices) - (low + high) / 2) / (high - low), mesh.faces, 16, 0.1, rng).ravel())
         poses.append(BoxPose(rng.normal(size=3) * 0.3, np.exp(rng.normal(size=3) * 0.2) * 0.4, 0.1 * k - 0.5).to_vector())
     codec_config = ShapeCodecConfig(grid_resolution=16, num_components=8, tokens=2, channels=8)
-    preset = dataclasses.replace(DEFAULT_MODEL, shape_codec=codec_config, transformer=dataclasses.replace(
-        DEFAULT_MODEL.transformer, width=64, num_layers=5, num_attention_heads=4, latent_positions=2))
+    preset = codec_model_preset(codec_config, condition_extras)
+    preset = dataclasses.replace(preset, transformer=dataclasses.replace(
+        preset.transformer, width=64, num_layers=5, num_attention_heads=4))
     components = build_codec_model(preset, seed=seed)
     components["shape_codec"] = fit_codec(np.stack(grids), np.stack(poses), codec_config)
     options = PipelineOptions(frame="view", num_tokens=2, steps=4, guidance_scale=3.0, mi_blocks=[1, 2, 3],
@@ -67,3 +69,8 @@ def make_tiny_codec_model(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_codec_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_codec_model(tmp_path_factory.mktemp("models") / "tiny-codec")
+
+
+@pytest.fixture(scope="session")
+def tiny_codec_model_with_extras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_codec_model(tmp_path_factory.mktemp("models") / "tiny-codec-extras", condition_extras=True)

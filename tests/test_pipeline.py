@@ -214,7 +214,7 @@ def test_codec_model_generates_placed_instances(tiny_codec_model: Path, repo_roo
     assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(result.instances, same.instances))
 
 
-def test_codec_model_camera_estimate_draws_the_camera_solve(tiny_codec_model: Path, repo_root: Path) -> None:
+def test_codec_model_camera_estimate_draws_the_camera_solve(tiny_codec_model_with_extras: Path, repo_root: Path) -> None:
     """With `camera_prior_weight`, the solve follows the condition encoder's camera estimate: a head made to
     say 40 degrees of pitch and 56 of field of view moves the solved camera there; without the weight the
     same model's solve lands elsewhere."""
@@ -222,7 +222,7 @@ def test_codec_model_camera_estimate_draws_the_camera_solve(tiny_codec_model: Pa
 
     example = repo_root / "backend" / "scenewright" / "assets" / "examples" / "desk"
     image, seg = Image.open(example / "image.png"), Image.open(example / "seg.png")
-    pipe = ScenePipeline.from_pretrained(tiny_codec_model, device="cpu")
+    pipe = ScenePipeline.from_pretrained(tiny_codec_model_with_extras, device="cpu")
     head = pipe.conditioner.camera_head[-1]
     with torch.no_grad():
         head.weight.zero_()

@@ -41,12 +41,15 @@ def _config(tmp_path: Path, **changes) -> RecipeConfig:
                         evaluate=False, **changes)
 
 
-@pytest.mark.parametrize("attention", ["multi_instance", "scene_context"])
-def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, attention):
+EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight": 10.0}
+
+
+@pytest.mark.parametrize("attention, extras", [("multi_instance", {}), ("scene_context", {}), ("multi_instance", EXTRAS)])
+def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, attention, extras):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(rendered, run / "cases")
-    cfg = _config(tmp_path, attention=attention)
+    cfg = _config(tmp_path, attention=attention, **extras)
     assert run_recipe(run, cfg) == 0
 
     assert len(list((run / "data").glob("scene-*.npz"))) == 3  # 12 cases in shards of 5
@@ -59,8 +62,11 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert exported["recipe"]["attention"] == attention and exported["dit_step"] == 4
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
     assert index["_scenewright"]["attention"] == attention and index["_scenewright"]["refine_poses"]
+    assert index["_scenewright"]["camera_prior_weight"] == cfg.camera_prior_weight
+    assert index["_scenewright"]["candidates"] == cfg.candidates
 
     pipe = ScenePipeline.from_pretrained(tmp_path / "model", device="cpu")
+    assert (pipe.conditioner.camera_head is not None) == cfg.condition_extras
     case = rendered / "case_000001"
     seg = Image.open(case / "seg.png")
     result = pipe.generate(Image.open(case / "image.png"), seg, GenerationSettings(steps=3))

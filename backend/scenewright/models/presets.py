@@ -73,10 +73,12 @@ class CodecModelPreset:
     scheduler_shift: float = 1.0
 
 
-def codec_model_preset(codec: ShapeCodecConfig | None = None) -> CodecModelPreset:
-    """The default model's architecture around a shape codec's latent layout (its tokens x channels)."""
-    # the encoder's optional inputs and camera head are on for models trained from now on (docs/model-card.md)
-    condition = ConditionEncoderConfig(mask_geometry=True, coordinates=True, camera_head=True)
+def codec_model_preset(codec: ShapeCodecConfig | None = None, condition_extras: bool = False) -> CodecModelPreset:
+    """The default model's architecture around a shape codec's latent layout (its tokens x channels);
+    `condition_extras` turns on the condition encoder's mask geometry, coordinate planes and camera head
+    (docs/training.md; off in the shipped models)."""
+    condition = ConditionEncoderConfig(mask_geometry=condition_extras, coordinates=condition_extras,
+                                       camera_head=condition_extras)
     codec = codec or ShapeCodecConfig()
     transformer = TripoSGDiTConfig(num_attention_heads=8, width=256, in_channels=codec.channels, num_layers=8,
                                    cross_attention_dim=condition.global_dim,

@@ -86,6 +86,7 @@ class TrainConfig(ConfigMixin):
     single_fraction: float = 0.25
     mirror: float = 0.0  # codec-dit: share of scenes seen mirrored left-right
     pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
+    condition_extras: bool = False  # codec-dit: the condition encoder's mask geometry, coordinates and camera head
     camera_weight: float = 0.0  # codec-dit: weight of the condition encoder's camera loss (with a camera head)
     attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
     logit_mean: float = 0.0
@@ -328,7 +329,8 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
 
     if cfg.codec is None:
         raise SystemExit("--stage codec-dit needs --codec FOLDER (the recipe's RUN/codec)")
-    components = build_codec_model(codec_model_preset(load_component(cfg.codec).config), seed=cfg.seed, device=device)
+    components = build_codec_model(codec_model_preset(load_component(cfg.codec).config, cfg.condition_extras),
+                                   seed=cfg.seed, device=device)
     data = D.load_shards(cfg.data, "scene")
     with np.load(Path(cfg.codec) / "latents.npz") as cached:
         latents, mirrored = torch.from_numpy(cached["latents"]), torch.from_numpy(cached["mirrored"])
@@ -442,8 +444,9 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     from ..pipeline import OPTIONS_KEY, PipelineOptions
 
     stage_dir = Path(run) / "codec-dit"
-    codec = load_component(TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text())).codec)
-    components = build_codec_model(codec_model_preset(codec.config))
+    trained = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
+    codec = load_component(trained.codec)
+    components = build_codec_model(codec_model_preset(codec.config, trained.condition_extras))
     cfg, step = _load_trained(stage_dir, components)
     steps, guidance, camera_prior_weight, candidates = cfg.sample_steps, cfg.guidance_scale, 0.0, 1
     if recipe is not None:
