@@ -329,4 +329,6 @@ def main(argv: list[str]) -> int:
     values = {k: v for k, v in vars(args).items() if k != "out"}
     if values["attention"] not in ("multi_instance", "scene_context"):
         parser.error("--attention must be multi_instance or scene_context")
+    if not values["condition_extras"] and (values["camera_weight"] or values["camera_prior_weight"]):
+        parser.error("--camera-weight and --camera-prior-weight need the camera head: add --condition-extras on")
     return run_recipe(args.out, RecipeConfig.from_dict(values))
