@@ -30,6 +30,7 @@ BPY_INSTALL = (
 )
 BPY_INSTALLED = (
     "import sys, bpy, pathlib\n"
+    "bpy.ops.wm.read_userpref()\n"  # the bpy module starts without the saved preferences, where enabled add-ons are
     "folder = pathlib.Path(bpy.utils.user_resource('EXTENSIONS', path=sys.argv[1])) / 'scenewright'\n"
     "enabled = 'bl_ext.' + sys.argv[1] + '.scenewright' in bpy.context.preferences.addons\n"
     "stamp = folder / sys.argv[2]\n"
