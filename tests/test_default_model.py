@@ -14,6 +14,7 @@ from scenewright.evaluation.metrics import count_distinct
 from scenewright.masks import instances_from_seg
 from scenewright.pipeline import ScenePipeline, default_model_path, shipped_model_path
 from scenewright.protocol import MAX_INSTANCES, SHIPPED_MODELS, GenerationSettings
+from scenewright.training.recipe import RecipeConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "backend" / "scenewright" / "assets" / "examples"
 
@@ -42,13 +43,16 @@ def _visible_ious(meshes, masks, camera) -> list[float]:
 
 
 def test_the_shipped_models_are_in_the_package_within_their_budget():
-    """Every shipped model, fully trained; all their weights together (a shared codec counted once) <= 50 MB."""
+    """Every shipped model, fully trained; all their weights together (a shared codec counted once) <= 50 MB.
+    The default model was made by the recipe's defaults, so `scenewright train --recipe default` remakes it."""
     for name in SHIPPED_MODELS:
         folder = shipped_model_path(name)
         index = json.loads((folder / "model_index.json").read_text())
         assert {"transformer", "condition_encoder", "shape_codec", "scheduler"} <= set(index)
         recipe = json.loads((folder / "training_config.json").read_text())
         assert recipe["recipe"] is not None and recipe["dit_step"] == recipe["recipe"]["steps"]
+    made_by = json.loads((shipped_model_path("default") / "training_config.json").read_text())["recipe"]
+    assert RecipeConfig.from_dict(made_by) == RecipeConfig()
     assets = default_model_path().parent
     weights = sum(p.stat().st_size for name in SHIPPED_MODELS for p in shipped_model_path(name).rglob("*.safetensors"))
     assert weights <= 50 * 2**20, f"{weights / 2**20:.1f} MB of weights in {assets}"

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,45 +44,57 @@ STAGE_TIMES = "stages.json"
 LATENTS_FILE = "latents.npz"
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A recipe field with its --help text: the CLI and recipe.json read the same definition."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RecipeConfig(ConfigMixin):
     """Every setting of the default recipe (docs/model-card.md says what each stage makes of them)."""
 
-    seed: int = 0
-    cases: int = 3000  # rendered training scenes
-    render_resolution: int = 256  # the condition encoder's working size: renders need no resizing
-    workers: int = 2  # processes for rendering and for the scene shards
-    shard_size: int = 100
-    fit_objects: int = 6000  # objects the PCA is fitted on (each also mirrored)
-    grid_resolution: int = 32  # the shape codec's signed-distance grid (samples per axis)
-    num_components: int = 64  # its PCA components (with the 8 pose numbers, a multiple of 8: 8-channel tokens)
-    steps: int = 9000  # about 90 minutes at 2 threads on an idle 2-core CPU (0.6 s a step): the recipe within 150 minutes
-    batch_size: int = 32  # instance rows per step
-    lr: float = 4e-4
-    warmup: int = 300
-    ema: float = 0.999
-    mirror: float = 0.5
-    pose_weight: float = 4.0  # the pose token's loss weight (8 numbers that decide placement, vs 64 for the shape)
-    # the condition encoder's mask geometry, coordinate planes and camera head (docs/training.md): better on the
-    # validation split, worse on dev (docs/model-card.md, "Tried: the condition encoder's extras"), so off
-    condition_extras: bool = False
-    camera_weight: float = 0.0  # with condition_extras: the camera head's loss (pitch and fov, standardised), e.g. 0.2
-    attention: str = "multi_instance"  # or "scene_context": I-Scene's scene-context attention with a scene branch
-    mi_blocks: int = 3  # K: the DiT's middle blocks with multi-instance (or scene-context) attention (MIDI: 5 of 21)
-    cfg_drop: float = 0.15
-    single_fraction: float = 0.25
+    seed: int = _setting(0, "seed of the scenes, the codec's object sample and the training")
+    cases: int = _setting(3000, "procedural training scenes rendered")
+    render_resolution: int = _setting(256, "render size in pixels: the condition encoder's working size, no resizing")
+    workers: int = _setting(2, "processes for rendering and for the scene shards")
+    shard_size: int = _setting(100, "scenes per data shard")
+    fit_objects: int = _setting(6000, "objects the codec's PCA is fitted on (each also mirrored)")
+    grid_resolution: int = _setting(32, "the shape codec's signed-distance grid, samples per axis")
+    num_components: int = _setting(64, "the codec's PCA components (with the 8 pose numbers a multiple of 8)")
+    steps: int = _setting(9000, "DiT steps: about 90 minutes at 2 threads on an idle 2-core CPU (0.6 s a step), "
+                                "the whole recipe within 150 minutes")
+    batch_size: int = _setting(32, "instance rows per DiT step")
+    lr: float = _setting(4e-4, "AdamW learning rate (cosine decay)")
+    warmup: int = _setting(300, "warm-up steps of the learning rate")
+    ema: float = _setting(0.999, "EMA decay of the exported weights")
+    mirror: float = _setting(0.5, "share of scenes seen mirrored left-right")
+    pose_weight: float = _setting(4.0, "loss weight of the pose token (8 numbers that decide placement, "
+                                       "against 64 for the shape)")
+    condition_extras: bool = _setting(False, "the condition encoder's mask geometry, coordinate planes and camera "
+                                             "head (docs/training.md): better on the validation split, worse on "
+                                             "dev (docs/results.md), so off")
+    camera_weight: float = _setting(0.0, "with --condition-extras: the camera head's loss weight (pitch and fov, "
+                                         "standardised), e.g. 0.2")
+    attention: str = _setting("multi_instance", "multi_instance, or scene_context: I-Scene's scene-context "
+                                                "attention with a scene branch")
+    mi_blocks: int = _setting(3, "K: the DiT's middle blocks with multi-instance (or scene-context) attention "
+                                 "(MIDI: 5 of 21)")
+    cfg_drop: float = _setting(0.15, "share of scenes trained without conditions (classifier-free guidance)")
+    single_fraction: float = _setting(0.25, "share of single-object batches, multi-instance attention off")
     # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
-    sample_steps: int = 24
-    guidance_scale: float = 2.0
-    mesh_level: float = 0.01  # the exported codec's marching-cubes level: a little outside the zero set keeps thin parts
-    # with condition_extras: how strongly the camera solve follows the encoder's camera estimate (pitch, fov)
-    camera_prior_weight: float = 0.0
-    candidates: int = 3  # scenes sampled per request, the one the others agree with most kept
-    threads: int = 2  # torch threads of the training and evaluation stages
-    checkpoint_every: int = 500
-    export: str = ""  # model folder to write; "" = the package's assets/default-model (default-sca-model for SCA)
-    benchmark: str = ""  # cases to evaluate on; "" = ../shared/benchmark/dev when it exists
-    evaluate: bool = True  # predict + eval on the benchmark after the export
+    sample_steps: int = _setting(24, "the exported model's sampling steps")
+    guidance_scale: float = _setting(2.0, "the exported model's guidance scale")
+    mesh_level: float = _setting(0.01, "the exported codec's marching-cubes level: a little outside the zero "
+                                       "set keeps thin parts")
+    camera_prior_weight: float = _setting(0.0, "with --condition-extras: how strongly the camera solve follows "
+                                               "the encoder's camera estimate (10 all but fixes it)")
+    candidates: int = _setting(3, "scenes sampled per request, the one the others agree with most kept")
+    threads: int = _setting(2, "torch threads of the training and evaluation stages")
+    checkpoint_every: int = _setting(500, "DiT steps between checkpoints")
+    export: str = _setting("", "model folder to write; '' = the package's assets/default-model "
+                               "(default-sca-model for scene_context)")
+    benchmark: str = _setting("", "cases to evaluate on; '' = ../shared/benchmark/dev when it exists")
+    evaluate: bool = _setting(True, "predict + eval on the benchmark after the export")
 
 
 def recipe_preset(cfg: RecipeConfig) -> "CodecModelPreset":
@@ -324,7 +336,7 @@ def main(argv: list[str]) -> int:
     for f in fields(RecipeConfig):
         value = getattr(defaults, f.name)
         parser.add_argument("--" + f.name.replace("_", "-"), type=on_off if isinstance(value, bool) else type(value),
-                            default=value)
+                            default=value, help=f"{f.metadata['help']} (default: {value!r})")
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "out"}
     if values["attention"] not in ("multi_instance", "scene_context"):
