@@ -139,6 +139,12 @@ class Blender:
         return run
 
 
+@pytest.fixture
+def fresh_blender(tmp_path: Path) -> Blender:
+    """Blender sessions with their own empty user folders: nothing installed yet."""
+    return Blender(tmp_path / "blender")
+
+
 @pytest.fixture(scope="session")
 def blender(tmp_path_factory: pytest.TempPathFactory, addon_zip: Path) -> Blender:
     """A temporary Blender user folder with the extension zip installed into its user repository."""

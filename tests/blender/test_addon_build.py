@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 import zipfile
@@ -66,17 +65,13 @@ done({"all": [n for n, _ in search(scene, bpy.context, "")], "sca": [n for n, _ 
     assert out == {"all": list(SHIPPED_MODELS), "sca": ["default-sca"], "folder": []}
 
 
-def test_installing_again_from_the_same_sources_does_nothing(tmp_path):
+def test_installing_again_from_the_same_sources_does_nothing(fresh_blender):
     """install/install_extension.py --bpy (what the demo runs each time): the first run installs and enables
     the extension; a second one, sources unchanged, finds it installed and enabled and leaves it alone."""
-    env = dict(os.environ)
-    for var, sub in (("BLENDER_USER_CONFIG", "config"), ("BLENDER_USER_SCRIPTS", "scripts"),
-                     ("BLENDER_USER_EXTENSIONS", "extensions"), ("BLENDER_USER_DATAFILES", "datafiles")):
-        env[var] = str(tmp_path / sub)
 
     def install() -> str:
         proc = subprocess.run([sys.executable, str(REPO_ROOT / "install" / "install_extension.py"), "--bpy"],
-                              env=env, capture_output=True, text=True, timeout=600)
+                              env=fresh_blender.env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
