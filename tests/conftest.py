@@ -32,10 +32,12 @@ def golden_dir(shared_dir: Path) -> Path:
     return path
 
 
-def make_tiny_codec_model(folder: Path, seed: int = 0, condition_extras: bool = False) -> Path:
+def make_tiny_codec_model(folder: Path, seed: int = 0, condition_extras: bool = False,
+                          camera_estimator: bool = False) -> Path:
     """A model folder of the default model's kind with random DiT and condition-encoder weights and a
     small shape codec fitted on procedural shapes: real meshes, real plumbing, meaningless placement.
-    `condition_extras`: the condition encoder's mask geometry, coordinates and camera head on."""
+    `condition_extras`: the condition encoder's mask geometry, coordinates and camera head on;
+    `camera_estimator`: a (random) camera estimator component."""
     import dataclasses
 
     import numpy as np
@@ -60,6 +62,10 @@ def make_tiny_codec_model(folder: Path, seed: int = 0, condition_extras: bool = 
         preset.transformer, width=64, num_layers=5, num_attention_heads=4))
     components = build_codec_model(preset, seed=seed)
     components["shape_codec"] = fit_codec(np.stack(grids), np.stack(poses), codec_config)
+    if camera_estimator:
+        from scenewright.models.camera_estimator import CameraEstimator, CameraEstimatorConfig
+
+        components["camera_estimator"] = CameraEstimator(CameraEstimatorConfig(width=8, hidden=16))
     options = PipelineOptions(frame="view", num_tokens=2, steps=4, guidance_scale=3.0, mi_blocks=[1, 2, 3],
                               mesh_resolution=16, refine_poses=True)
     save_pipeline(components, folder, extra_index={OPTIONS_KEY: options.to_dict()})
@@ -74,3 +80,8 @@ def tiny_codec_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_codec_model_with_extras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_codec_model(tmp_path_factory.mktemp("models") / "tiny-codec-extras", condition_extras=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec_model_with_camera_estimator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_codec_model(tmp_path_factory.mktemp("models") / "tiny-codec-camera", camera_estimator=True)

@@ -214,20 +214,24 @@ def test_codec_model_generates_placed_instances(tiny_codec_model: Path, repo_roo
     assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(result.instances, same.instances))
 
 
-def test_codec_model_camera_estimate_draws_the_camera_solve(tiny_codec_model_with_extras: Path, repo_root: Path) -> None:
-    """With `camera_prior_weight`, the solve follows the condition encoder's camera estimate: a head made to
-    say 40 degrees of pitch and 56 of field of view moves the solved camera there; without the weight the
-    same model's solve lands elsewhere."""
+@pytest.mark.parametrize("model", ["tiny_codec_model_with_extras", "tiny_codec_model_with_camera_estimator"])
+def test_codec_model_camera_estimate_draws_the_camera_solve(model: str, request: pytest.FixtureRequest,
+                                                            repo_root: Path) -> None:
+    """With `camera_prior_weight`, the solve follows the model's camera estimate (the condition encoder's
+    head, or a camera estimator component): an estimate made to say 40 degrees of pitch and 56 of field of
+    view moves the solved camera there; without the weight the same model's solve lands elsewhere."""
     from scenewright.models.condition_encoder import camera_targets
 
     example = repo_root / "backend" / "scenewright" / "assets" / "examples" / "desk"
     image, seg = Image.open(example / "image.png"), Image.open(example / "seg.png")
-    pipe = ScenePipeline.from_pretrained(tiny_codec_model_with_extras, device="cpu")
-    head = pipe.conditioner.camera_head[-1]
+    pipe = ScenePipeline.from_pretrained(request.getfixturevalue(model), device="cpu")
+    estimator = pipe.camera_estimator
+    assert (estimator is pipe.conditioner) == (model == "tiny_codec_model_with_extras")
+    head = (estimator.camera_head if estimator is pipe.conditioner else estimator.head)[-1]
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(camera_targets(torch.tensor([40.0]), torch.tensor([56.0]))[0])
-    assert pipe.conditioner.estimate_camera(image, [m.mask for m in instances_from_seg(seg)]) == pytest.approx((40.0, 56.0))
+    assert estimator.estimate_camera(image, [m.mask for m in instances_from_seg(seg)]) == pytest.approx((40.0, 56.0))
 
     def solved(weight: float) -> tuple[float, float]:
         pipe.options.camera_prior_weight = weight

@@ -100,6 +100,10 @@ _REGISTRY: dict[str, _Kind] = {
         "scenewright.models.condition_encoder", "ConditionEncoderConfig", "BlockoutConditionEncoder", "config.json",
         "diffusion_pytorch_model.safetensors",
     ),
+    "CameraEstimator": _Kind(
+        "scenewright.models.camera_estimator", "CameraEstimatorConfig", "CameraEstimator", "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ),
     "CLIPImageProcessor": _Kind(
         "scenewright.image_processing", "ImageProcessorConfig", None, "preprocessor_config.json"
     ),

@@ -162,8 +162,15 @@ class ScenePipeline:
             modules = [self.conditioner]
         else:
             self.conditioner = MidiConditions(components)
-            modules = self.conditioner.modules
+            modules = list(self.conditioner.modules)
         self.decoder = components["shape_codec"] if "shape_codec" in components else components["vae"]
+        # what estimates the camera for the solve's prior: a camera estimator of its own, else the conditioner
+        # (the condition encoder's camera head; None from encoders without one)
+        if "camera_estimator" in components:
+            self.camera_estimator = components["camera_estimator"]
+            modules.append(self.camera_estimator)
+        else:
+            self.camera_estimator = self.conditioner
         self.options = options
         self.source = source
         for module in (self.transformer, self.decoder, *modules):
@@ -313,7 +320,7 @@ class ScenePipeline:
         # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
         rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
         emb1, emb2 = self.encode_conditions(scene, rows)
-        camera_estimate = self.conditioner.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
+        camera_estimate = self.camera_estimator.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
         synchronize(self.device)
         timings["encode"] = time.perf_counter() - clock
 

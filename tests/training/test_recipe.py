@@ -38,10 +38,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(tmp_path: Path, **changes) -> RecipeConfig:
     return RecipeConfig(cases=CASES, workers=1, shard_size=5, fit_objects=40, grid_resolution=16, num_components=16,
                         steps=4, batch_size=6, warmup=2, checkpoint_every=2, threads=1, export=str(tmp_path / "model"),
-                        evaluate=False, **changes)
+                        camera_steps=3, evaluate=False, **changes)
 
 
-EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight": 10.0}
+# the condition encoder's extras with its camera head as the only camera estimate
+EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight": 10.0, "camera_estimator": False}
 
 
 @pytest.mark.parametrize("attention, extras", [("multi_instance", {}), ("scene_context", {}), ("multi_instance", EXTRAS)])
@@ -65,8 +66,13 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert index["_scenewright"]["camera_prior_weight"] == cfg.camera_prior_weight
     assert index["_scenewright"]["candidates"] == cfg.candidates
 
+    assert ("camera_estimator" in index) == cfg.camera_estimator == (run / "camera" / "fit.json").is_file()
+    if cfg.camera_estimator:
+        assert exported["camera"]["scenes"] + exported["camera"]["holdout"] == CASES
+
     pipe = ScenePipeline.from_pretrained(tmp_path / "model", device="cpu")
     assert (pipe.conditioner.camera_head is not None) == cfg.condition_extras
+    assert (type(pipe.camera_estimator).__name__ == "CameraEstimator") == cfg.camera_estimator
     case = rendered / "case_000001"
     seg = Image.open(case / "seg.png")
     result = pipe.generate(Image.open(case / "image.png"), seg, GenerationSettings(steps=3))

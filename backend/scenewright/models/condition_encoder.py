@@ -103,13 +103,25 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BOX if image.width >= size else Image.Resampling.BILINEAR))
 
 
-def prepare_conditions(image: np.ndarray, masks: Sequence[np.ndarray], config: ConditionEncoderConfig) -> ConditionInputs:
-    """(H, W, 3) uint8 image + N boolean masks -> the encoder's inputs; training and inference share this."""
+def _working_frame(image: np.ndarray, masks: Sequence[np.ndarray], working_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The image and masks padded to a square and resized to the working size."""
     masks = [np.asarray(m, bool) for m in masks]
     image, masks = _square_pad(np.asarray(image, np.uint8)[..., :3], masks)
+    return _resize(image, working_size), [_resize(m.astype(np.uint8) * 255, working_size) >= 128 for m in masks]
+
+
+def prepare_scene(image: np.ndarray, masks: Sequence[np.ndarray], working_size: int, scene_size: int) -> np.ndarray:
+    """(H, W, 3) uint8 image + N boolean masks -> (4, S, S) uint8: RGB + the union of the masks, as
+    `prepare_conditions` makes its scene input."""
+    image, masks = _working_frame(image, masks, working_size)
+    union = np.stack([_resize(m.astype(np.uint8) * 255, scene_size) for m in masks]).max(axis=0)
+    return np.concatenate([_resize(image, scene_size).transpose(2, 0, 1), union[None]])
+
+
+def prepare_conditions(image: np.ndarray, masks: Sequence[np.ndarray], config: ConditionEncoderConfig) -> ConditionInputs:
+    """(H, W, 3) uint8 image + N boolean masks -> the encoder's inputs; training and inference share this."""
+    image, masks = _working_frame(image, masks, config.working_size)
     work = config.working_size
-    image = _resize(image, work)
-    masks = [_resize(m.astype(np.uint8) * 255, work) >= 128 for m in masks]
     scene_rgb = _resize(image, config.scene_size)
     scene_masks = np.stack([_resize(m.astype(np.uint8) * 255, config.scene_size) for m in masks])
     union = scene_masks.max(axis=0)

@@ -323,9 +323,10 @@ def write_shard(path: str | Path, examples: Iterable[dict[str, np.ndarray]], met
     return path.stat().st_size
 
 
-def read_shard(path: str | Path) -> dict[str, np.ndarray]:
+def read_shard(path: str | Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The shard's arrays (only `keys` when given: the others are not decompressed)."""
     with np.load(path) as data:
-        return {key: data[key] for key in data.files if key != "meta"}
+        return {key: data[key] for key in data.files if key != "meta" and (keys is None or key in keys)}
 
 
 def shard_meta(path: str | Path) -> dict[str, Any]:
@@ -341,9 +342,9 @@ def shard_paths(folder: str | Path, kind: str) -> list[Path]:
     return paths
 
 
-def load_shards(folder: str | Path, kind: str) -> dict[str, np.ndarray]:
+def load_shards(folder: str | Path, kind: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """All shards of a folder concatenated (scene counts of DiT shards stay aligned with their instance rows)."""
-    shards = [read_shard(p) for p in shard_paths(folder, kind)]
+    shards = [read_shard(p, keys) for p in shard_paths(folder, kind)]
     return {key: np.concatenate([s[key] for s in shards]) for key in shards[0]}
 
 

@@ -5,6 +5,7 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 1. cases     RUN/cases/        procedural blockout scenes rendered by `make-data`
 2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
 3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
+   camera    RUN/camera/       with --camera-estimator on: the camera estimator (training/camera.py)
    branch    RUN/data/branch-*  with --attention scene_context only: each scene's scene row (I-Scene's scene
                                 branch) and its latents (RUN/codec/branch-latents.npz)
 4. dit       RUN/codec-dit/    DiT + condition encoder (checkpoints, log.jsonl)
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 RECIPE_FILE = "recipe.json"
 STAGE_TIMES = "stages.json"
 LATENTS_FILE = "latents.npz"
+CAMERA_DIR = "camera"
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -86,8 +88,12 @@ class RecipeConfig(ConfigMixin):
     guidance_scale: float = _setting(2.0, "the exported model's guidance scale")
     mesh_level: float = _setting(0.01, "the exported codec's marching-cubes level: a little outside the zero "
                                        "set keeps thin parts")
-    camera_prior_weight: float = _setting(0.0, "with --condition-extras: how strongly the camera solve follows "
-                                               "the encoder's camera estimate (10 all but fixes it)")
+    camera_estimator: bool = _setting(True, "train a camera estimator (pitch and fov from the image, "
+                                            "models/camera_estimator.py) as the camera solve's prior")
+    camera_steps: int = _setting(1500, "the camera estimator's training steps (64 scenes each)")
+    camera_prior_weight: float = _setting(10.0, "how strongly the camera solve follows the camera estimate: the "
+                                                "camera estimator's, else with --condition-extras the encoder's "
+                                                "head (10 all but fixes it; chosen on the validation split)")
     candidates: int = _setting(3, "scenes sampled per request, the one the others agree with most kept")
     threads: int = _setting(2, "torch threads of the training and evaluation stages")
     checkpoint_every: int = _setting(500, "DiT steps between checkpoints")
@@ -234,6 +240,38 @@ def make_branch_data(run: Path, cfg: RecipeConfig) -> None:
     np.savez(run / "codec" / BRANCH_LATENTS_FILE, latents=latents.numpy(), mirrored=flipped.numpy())
 
 
+def train_camera_stage(run: Path, cfg: RecipeConfig) -> None:
+    """The camera estimator, trained on the scene shards' condition inputs and cameras (training/camera.py)."""
+    from .camera import CameraTrainConfig, train_camera_estimator
+
+    train_camera_estimator(run / "data", run / CAMERA_DIR, CameraTrainConfig(steps=cfg.camera_steps, seed=cfg.seed))
+
+
+def export_camera_estimator(run: Path, folder: Path, prior_weight: float) -> None:
+    """Add RUN/camera to an exported model folder as its `camera_estimator`, with the solve's prior weight.
+
+    Apart from the DiT's export, so a model folder gains an estimator without retraining its denoiser."""
+    from ..loading import MODEL_INDEX, load_component, save_component
+    from ..pipeline import OPTIONS_KEY
+    from .train import CONFIG_FILE, EXPORT_DTYPE
+
+    estimator = load_component(run / CAMERA_DIR).to(EXPORT_DTYPE)
+    save_component(estimator, folder / "camera_estimator")
+    index_path = folder / MODEL_INDEX
+    index = json.loads(index_path.read_text())
+    index["camera_estimator"] = [type(estimator).__module__, type(estimator).__name__]
+    index[OPTIONS_KEY]["camera_prior_weight"] = prior_weight
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    summary_path = folder / CONFIG_FILE
+    summary = json.loads(summary_path.read_text())
+    fit = json.loads((run / CAMERA_DIR / "fit.json").read_text())
+    summary["camera"] = fit
+    if summary.get("recipe") is not None:  # the record says how the whole folder was made
+        summary["recipe"].update(camera_estimator=True, camera_steps=fit["config"]["steps"],
+                                 camera_prior_weight=prior_weight)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
     from ..models.dit import default_mi_blocks
     from .train import TrainConfig
@@ -282,6 +320,7 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
         ("cases", (run / "cases" / "INDEX.json").exists() and _rendered(run) >= cfg.cases, render_cases),
         ("data", _shards_complete(run, cfg), make_scene_data),
         ("codec", (run / "codec" / LATENTS_FILE).exists(), fit_shape_codec),
+        ("camera", not cfg.camera_estimator or (run / CAMERA_DIR / "fit.json").exists(), train_camera_stage),
     ]
     if cfg.attention == "scene_context":
         from .train import BRANCH_LATENTS_FILE
@@ -310,6 +349,8 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     # the scene-context model, shipped beside the default one, reads the same codec from it when they are equal
     share = shipped_model_path("default") if shipped == "default-sca" and not cfg.export else None
     export_codec_model(run, model, recipe=cfg.to_dict(), share_codec_with=share)
+    if cfg.camera_estimator:
+        export_camera_estimator(run, model, cfg.camera_prior_weight)
     _stage_done(run, "export", time.perf_counter() - start)
     print(f"recipe: model written to {model}", file=sys.stderr)
     if cfg.evaluate:
@@ -341,6 +382,9 @@ def main(argv: list[str]) -> int:
     values = {k: v for k, v in vars(args).items() if k != "out"}
     if values["attention"] not in ("multi_instance", "scene_context"):
         parser.error("--attention must be multi_instance or scene_context")
-    if not values["condition_extras"] and (values["camera_weight"] or values["camera_prior_weight"]):
-        parser.error("--camera-weight and --camera-prior-weight need the camera head: add --condition-extras on")
+    if not values["condition_extras"] and values["camera_weight"]:
+        parser.error("--camera-weight trains the condition encoder's camera head: add --condition-extras on")
+    if values["camera_prior_weight"] and not (values["camera_estimator"] or values["camera_weight"]):
+        parser.error("--camera-prior-weight needs a camera estimate: --camera-estimator on, or --condition-extras on "
+                     "with --camera-weight")
     return run_recipe(args.out, RecipeConfig.from_dict(values))
