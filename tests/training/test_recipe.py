@@ -123,3 +123,15 @@ def test_codec_latents_decode_to_the_cases_objects(rendered, tmp_path):
         box = (truth.min(axis=0), truth.max(axis=0))
         assert mesh is not None and box_iou((mesh[0].min(axis=0), mesh[0].max(axis=0)), box) > 0.8
     assert int(data["num_instances"][0]) == len(visible)
+
+
+def test_a_camera_prior_without_a_camera_estimate_is_refused(capsys):
+    """The recipe's CLI refuses settings that would export a prior weight with nothing to estimate the camera."""
+    from scenewright.training.recipe import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--camera-estimator", "off"])
+    assert "--camera-prior-weight 10.0 needs a camera estimate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--camera-weight", "0.2"])
+    assert "add --condition-extras on" in capsys.readouterr().err

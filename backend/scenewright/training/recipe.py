@@ -385,6 +385,6 @@ def main(argv: list[str]) -> int:
     if not values["condition_extras"] and values["camera_weight"]:
         parser.error("--camera-weight trains the condition encoder's camera head: add --condition-extras on")
     if values["camera_prior_weight"] and not (values["camera_estimator"] or values["camera_weight"]):
-        parser.error("--camera-prior-weight needs a camera estimate: --camera-estimator on, or --condition-extras on "
-                     "with --camera-weight")
+        parser.error(f"--camera-prior-weight {values['camera_prior_weight']} needs a camera estimate: --camera-estimator "
+                     "on, or --condition-extras on with --camera-weight; or --camera-prior-weight 0")
     return run_recipe(args.out, RecipeConfig.from_dict(values))
