@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +70,15 @@ def test_data_dir_of_a_live_service_is_refused(tmp_path, tiny_model):
     assert json.loads((tmp_path / STATE_FILE_NAME).read_text())["pid"] == os.getpid()  # left alone
 
 
+def _job_folders_once_pruned(jobs_dir: Path, expected: list[str], timeout: float = 30.0) -> list[str]:
+    """The job folders once they are `expected` or `timeout` s have passed: the worker prunes right after a job
+    ends, outside its lock, so a client that sees the job finished may look a moment before the prune."""
+    deadline = time.monotonic() + timeout
+    while (names := sorted(p.name for p in jobs_dir.iterdir())) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return names
+
+
 def test_old_finished_jobs_are_deleted_beyond_keep_jobs(make_service, scene, tmp_path):
     service = make_service(tmp_path / "data", extra_args=("--keep-jobs", "1"))
     first = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
@@ -76,7 +87,7 @@ def test_old_finished_jobs_are_deleted_beyond_keep_jobs(make_service, scene, tmp
     second = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
     assert service.wait(second["job_id"])["state"] == "succeeded"
     jobs_dir = tmp_path / "data" / "jobs"
-    assert sorted(p.name for p in jobs_dir.iterdir()) == [second["job_id"]]
+    assert _job_folders_once_pruned(jobs_dir, [second["job_id"]]) == [second["job_id"]]
     assert service.get(f"/v1/jobs/{first['job_id']}").status_code == 404
     assert [j["job_id"] for j in service.get("/v1/jobs").json()["jobs"]] == [second["job_id"]]
     assert service.stop() == 0
@@ -105,7 +116,8 @@ def test_a_damaged_status_file_reads_as_a_failed_job_and_is_pruned(make_service,
     assert job["job_id"] in [j["job_id"] for j in service.get("/v1/jobs").json()["jobs"]]
     newer = service.submit(scene["image"], seg=scene["seg"], settings={"steps": 1, "mesh_resolution": 32}).json()
     service.wait(newer["job_id"])
-    assert sorted(p.name for p in (tmp_path / "data" / "jobs").iterdir()) == [newer["job_id"]]  # pruned like the others
+    jobs_dir = tmp_path / "data" / "jobs"
+    assert _job_folders_once_pruned(jobs_dir, [newer["job_id"]]) == [newer["job_id"]]  # pruned like the others
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
