@@ -53,7 +53,7 @@ class CameraEstimator(nn.Module):
                                   nn.Linear(config.hidden, 2))
 
     def forward(self, scene: torch.Tensor) -> torch.Tensor:
-        x = scene.to(self.head[2].weight.dtype) * 2.0 - 1.0
+        x = scene.to(next(self.parameters()).dtype) * 2.0 - 1.0
         size = x.shape[-1]
         ramp = torch.linspace(-1.0, 1.0, size, dtype=x.dtype, device=x.device)
         planes = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size)])
@@ -64,7 +64,7 @@ class CameraEstimator(nn.Module):
         """(pitch, horizontal field of view of the padded square) in degrees: the mean of the estimates of the
         picture and its mirror image, which have the same camera (a tenth less error on held-out scenes)."""
         scene = prepare_scene(np.asarray(image.convert("RGB")), masks, self.config.working_size, self.config.scene_size)
-        x = torch.from_numpy(scene).float()[None].to(self.head[2].weight.device) / 255.0
+        x = torch.from_numpy(scene).float()[None].to(next(self.parameters()).device) / 255.0
         return camera_degrees(self(torch.cat([x, x.flip(-1)])).mean(dim=0))
 
 

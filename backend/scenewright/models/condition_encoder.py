@@ -110,21 +110,23 @@ def _working_frame(image: np.ndarray, masks: Sequence[np.ndarray], working_size:
     return _resize(image, working_size), [_resize(m.astype(np.uint8) * 255, working_size) >= 128 for m in masks]
 
 
+def _scene_input(image: np.ndarray, masks: Sequence[np.ndarray], scene_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Working-frame image and masks -> (4, S, S) uint8 RGB + the union of the masks, and the (N, S, S) masks."""
+    scene_masks = np.stack([_resize(m.astype(np.uint8) * 255, scene_size) for m in masks])
+    return np.concatenate([_resize(image, scene_size).transpose(2, 0, 1), scene_masks.max(axis=0)[None]]), scene_masks
+
+
 def prepare_scene(image: np.ndarray, masks: Sequence[np.ndarray], working_size: int, scene_size: int) -> np.ndarray:
-    """(H, W, 3) uint8 image + N boolean masks -> (4, S, S) uint8: RGB + the union of the masks, as
-    `prepare_conditions` makes its scene input."""
-    image, masks = _working_frame(image, masks, working_size)
-    union = np.stack([_resize(m.astype(np.uint8) * 255, scene_size) for m in masks]).max(axis=0)
-    return np.concatenate([_resize(image, scene_size).transpose(2, 0, 1), union[None]])
+    """(H, W, 3) uint8 image + N boolean masks -> (4, S, S) uint8: RGB + the union of the masks, the scene input
+    of `prepare_conditions`."""
+    return _scene_input(*_working_frame(image, masks, working_size), scene_size)[0]
 
 
 def prepare_conditions(image: np.ndarray, masks: Sequence[np.ndarray], config: ConditionEncoderConfig) -> ConditionInputs:
     """(H, W, 3) uint8 image + N boolean masks -> the encoder's inputs; training and inference share this."""
     image, masks = _working_frame(image, masks, config.working_size)
     work = config.working_size
-    scene_rgb = _resize(image, config.scene_size)
-    scene_masks = np.stack([_resize(m.astype(np.uint8) * 255, config.scene_size) for m in masks])
-    union = scene_masks.max(axis=0)
+    scene, scene_masks = _scene_input(image, masks, config.scene_size)
     crops, boxes = [], []
     others = other_masks(masks, masks) if config.mask_geometry else [None] * len(masks)
     for mask, other in zip(masks, others):
@@ -151,7 +153,6 @@ def prepare_conditions(image: np.ndarray, masks: Sequence[np.ndarray], config: C
         if config.mask_geometry:
             features += _mask_geometry(mask, other)
         boxes.append(features)
-    scene = np.concatenate([scene_rgb.transpose(2, 0, 1), union[None]])
     return ConditionInputs(scene, scene_masks, np.stack(crops), np.asarray(boxes, np.float32))
 
 
