@@ -164,15 +164,13 @@ class Attention(nn.Module):
             context = encoder_hidden_states
             if self.norm_cross is not None:
                 context = self.norm_cross(context)
-            kv = torch.cat([self.to_k(context), self.to_v(context)], dim=-1)
+            kv = F.linear(context, *_stacked(self.to_k, self.to_v))  # the [k|v] the re-split needs, one product
             kv = kv.view(batch, -1, self.heads, kv.shape[-1] // self.heads)
             key, value = kv.chunk(2, dim=-1)
             query = query.view(batch, tokens, self.heads, -1)
         else:
             # one projection by the stacked weights: the [q|k|v] the re-split needs, without concatenating outputs
-            projections = (self.to_q, self.to_k, self.to_v)
-            bias = torch.cat([p.bias for p in projections]) if self.to_q.bias is not None else None
-            qkv = F.linear(hidden_states, torch.cat([p.weight for p in projections]), bias)
+            qkv = F.linear(hidden_states, *_stacked(self.to_q, self.to_k, self.to_v))
             qkv = qkv.view(batch, tokens, self.heads, qkv.shape[-1] // self.heads)
             query, key, value = qkv.chunk(3, dim=-1)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, T, d)
@@ -182,6 +180,12 @@ class Attention(nn.Module):
         out = self.processor(query, key, value, mode, num_instances)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return self.to_out[0](out)
+
+
+def _stacked(*projections: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights (and biases) of projections of the same input stacked: one matrix product computes them all."""
+    bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
+    return torch.cat([p.weight for p in projections]), bias
 
 
 def _group(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -138,13 +138,15 @@ class MidiBatches:
         self.modules: dict[str, nn.Module] = {"image_encoder_1": clip, "image_encoder_2": dino}
         self.data, self.latents, self.fe1, self.fe2 = data, latents, fe1, fe2
 
-    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
+    def batch(self, groups: list[tuple[int, slice]], conditioned: list[bool], rand: BatchRandom, device: torch.device,
               with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(emb1, emb2, clean latents, weighted auxiliary losses: none here)."""
+        """(emb1, emb2, clean latents, weighted auxiliary losses: none here); the conditions of the groups
+        not `conditioned` are zeros."""
         if with_scene_row:
             raise ValueError("the MIDI-structured route has no scene branch (scene-context training)")
+        encoded, rows_of, weight = conditioned_rows([rows.stop - rows.start for _, rows in groups], conditioned)
         clip_px, dino_px = [], []
-        for scene, rows in groups:
+        for scene, rows in (groups[k] for k in encoded):
             clip, dino = conditions(self.data, scene, self.fe1, self.fe2)
             base = scene_rows(self.data, scene).start
             clip_px.append(clip[rows.start - base : rows.stop - base])
@@ -152,7 +154,7 @@ class MidiBatches:
         emb1 = self.modules["image_encoder_1"](torch.cat(clip_px).to(device)).unsqueeze(1)
         emb2 = self.modules["image_encoder_2"](torch.cat(dino_px).to(device))
         x0 = torch.cat([self.latents[rows] for _, rows in groups])
-        return emb1, emb2, x0.to(device), {}
+        return fill_rows(emb1, rows_of, weight, len(x0)), fill_rows(emb2, rows_of, weight, len(x0)), x0.to(device), {}
 
 
 class SceneBatches:
@@ -166,24 +168,27 @@ class SceneBatches:
 
     def __init__(self, encoder: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
                  mirrored_latents: torch.Tensor, mirror: float, branch: dict[str, np.ndarray] | None = None,
-                 branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None, camera_weight: float = 0.0):
+                 branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None, camera_weight: float = 0.0,
+                 cpu_bf16: bool = False):
         self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
         self.data, self.latents, self.mirrored, self.mirror = data, latents, mirrored_latents, mirror
         self.branch, self.branch_latents = branch, branch_latents
         self.camera_weight = camera_weight
+        self.cpu_bf16 = cpu_bf16
         if encoder.camera_head is not None and "camera" not in data:
             raise ValueError("an encoder with a camera head needs each scene's camera in the shards: remake the "
                              "recipe's data stage")
 
-    def batch(self, groups: list[tuple[int, slice]], rand: BatchRandom, device: torch.device,
+    def batch(self, groups: list[tuple[int, slice]], conditioned: list[bool], rand: BatchRandom, device: torch.device,
               with_scene_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(emb1, emb2, clean latents, weighted auxiliary losses by name)."""
+        """(emb1, emb2, clean latents, weighted auxiliary losses by name); the conditions of the groups not
+        `conditioned` are zeros, and the camera loss is taken over the conditioned scenes."""
         from ..models.condition_encoder import camera_targets, flip_conditions
 
         if with_scene_row and self.branch is None:
             raise ValueError("scene rows need the scene branch's data (the recipe's branch stage)")
-        scenes, masks, crops, boxes, index, x0 = [], [], [], [], [], []
-        for k, (scene, rows) in enumerate(groups):
+        scenes, masks, crops, boxes, x0 = [], [], [], [], []
+        for scene, rows in groups:
             picks = [self.data[name][rows] for name in ("masks", "crops", "boxes")]
             targets = [self.latents[rows], self.mirrored[rows]]
             if with_scene_row:
@@ -197,18 +202,48 @@ class SceneBatches:
                 tensors = flip_conditions(*tensors)
             for out, tensor in zip((scenes, masks, crops, boxes), tensors):
                 out.append(tensor)
-            index.append(torch.full((len(picks[0]),), k, dtype=torch.long))
             x0.append(targets[1] if flip else targets[0])
+        x0 = torch.cat(x0)
+        encoded, rows_of, weight = conditioned_rows([len(m) for m in masks], conditioned)
+        index = torch.cat([torch.full((len(masks[k]),), j, dtype=torch.long) for j, k in enumerate(encoded)])
         scale = 1.0 / 255.0
-        emb1, emb2, camera = self.modules["condition_encoder"](
-            torch.cat(scenes).to(device).float() * scale, torch.cat(masks).to(device).float() * scale,
-            torch.cat(crops).to(device).float() * scale, torch.cat(boxes).to(device), torch.cat(index).to(device))
+
+        def inputs(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([parts[k] for k in encoded]).to(device)
+
+        # bf16 on the CPU: oneDNN's bf16 convolutions are faster there; the transformer's kernels are not
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and device.type == "cpu"):
+            emb1, emb2, camera = self.modules["condition_encoder"](
+                inputs(scenes).float() * scale, inputs(masks).float() * scale, inputs(crops).float() * scale,
+                inputs(boxes), index.to(device))
         extra = {}
         if camera is not None:
-            truth = torch.from_numpy(self.data["camera"][[scene for scene, _ in groups]])
+            truth = torch.from_numpy(self.data["camera"][[groups[k][0] for k in encoded]])
             target = camera_targets(truth[:, 0], truth[:, 1]).to(device)
-            extra["camera"] = self.camera_weight * (camera.float() - target).pow(2).mean()
-        return emb1, emb2, torch.cat(x0).to(device), extra
+            scene_weight = torch.tensor([float(conditioned[k]) for k in encoded], device=device)
+            error = (camera.float() - target).pow(2).mean(dim=1)
+            extra["camera"] = self.camera_weight * (error * scene_weight).sum() / scene_weight.sum().clamp_min(1.0)
+        emb1, emb2 = (fill_rows(e.float(), rows_of, weight, len(x0)) for e in (emb1, emb2))
+        return emb1, emb2, x0.to(device), extra
+
+
+def conditioned_rows(sizes: list[int], conditioned: list[bool]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The groups (of `sizes` rows) whose conditions are computed, the batch rows they fill and each row's weight.
+
+    Groups trained without conditions (classifier-free guidance) get zeros and cost no encoder pass. When every
+    group is dropped the first is encoded with weight 0, so the encoders still get a (zero) gradient.
+    """
+    encoded = [k for k, keep in enumerate(conditioned) if keep] or [0]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rows = torch.cat([torch.arange(int(starts[k]), int(starts[k + 1])) for k in encoded])
+    weight = torch.cat([torch.full((sizes[k],), float(conditioned[k])) for k in encoded])
+    return encoded, rows, weight
+
+
+def fill_rows(embedding: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, total: int) -> torch.Tensor:
+    """(len(rows), ...) embeddings of the encoded rows -> (total, ...), weighted, zeros in every other row."""
+    scaled = embedding * weight.to(embedding.device, embedding.dtype).view(-1, *[1] * (embedding.dim() - 1))
+    return embedding.new_zeros((total, *embedding.shape[1:])).index_copy(0, rows.to(embedding.device), scaled)
 
 
 class DiTObjective:
@@ -249,9 +284,8 @@ class DiTObjective:
         groups, num_instances = self._pick(rand)
         with_scene_row = self.layout.mode == "scene_context" and num_instances > 1  # I-Scene: a scene row per group
         per_group = num_instances + int(with_scene_row)
-        keep = torch.cat([torch.full((rows.stop - rows.start + int(with_scene_row),), float(rand.numpy.random() >= self.cfg_drop))
-                          for _, rows in groups]).to(device)
-        emb1, emb2, x0, extra = self.batches.batch(groups, rand, device, with_scene_row)
+        conditioned = [bool(rand.numpy.random() >= self.cfg_drop) for _ in groups]
+        emb1, emb2, x0, extra = self.batches.batch(groups, conditioned, rand, device, with_scene_row)
         # one sigma per group (logit-normal), repeated over its rows
         sigma = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(len(groups), generator=rand.torch))
         sigma = sigma.repeat_interleave(per_group) if per_group > 1 else sigma
@@ -259,7 +293,6 @@ class DiTObjective:
         sigma = sigma.to(device)
         noisy = (1.0 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         layout = self.layout if num_instances > 1 else PLAIN
-        emb1, emb2 = emb1 * keep[:, None, None], emb2 * keep[:, None, None]
         velocity = self.modules["transformer"](noisy, sigma * 1000.0, emb1, emb2, num_instances=num_instances,
                                                layout=layout)
         error = (velocity.float() - (x0 - noise)).pow(2)

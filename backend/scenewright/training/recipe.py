@@ -96,6 +96,8 @@ class RecipeConfig(ConfigMixin):
                                                 "head (10 all but fixes it; chosen on the validation split)")
     candidates: int = _setting(3, "scenes sampled per request, the one the others agree with most kept")
     threads: int = _setting(2, "torch threads of the training and evaluation stages")
+    cpu_bf16: bool = _setting(True, "the DiT stage's condition encoder in bf16 autocast on a CPU with native bf16 "
+                                    "(AVX512-BF16 or AMX; elsewhere float32): a cheaper step (docs/performance.md)")
     checkpoint_every: int = _setting(500, "DiT steps between checkpoints")
     export: str = _setting("", "model folder to write; '' = the package's assets/default-model "
                                "(default-sca-model for scene_context)")
@@ -282,7 +284,7 @@ def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, ema=cfg.ema,
                        mirror=cfg.mirror, pose_weight=cfg.pose_weight, camera_weight=cfg.camera_weight,
                        condition_extras=cfg.condition_extras,
-                       attention=cfg.attention,
+                       attention=cfg.attention, cpu_bf16=cfg.cpu_bf16,
                        cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,
                        sample_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale,
                        checkpoint_every=cfg.checkpoint_every, log_every=25, device="cpu")

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigMixin
+from ..settings_cli import on_off
 from . import data as D
 from .objectives import BatchRandom, DiTObjective, MidiBatches, SceneBatches, VAEObjective, encode_means, standardize_latents
 
@@ -89,6 +90,7 @@ class TrainConfig(ConfigMixin):
     condition_extras: bool = False  # codec-dit: the condition encoder's mask geometry, coordinates and camera head
     camera_weight: float = 0.0  # codec-dit: weight of the condition encoder's camera loss (with a camera head)
     attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
+    cpu_bf16: bool = False  # codec-dit: the condition encoder in bf16 autocast on a CPU with native bf16 (faster)
     logit_mean: float = 0.0
     logit_std: float = 1.0
     sample_steps: int = 16  # exported sampling defaults
@@ -348,13 +350,24 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
             raise SystemExit(f"{cfg.codec} holds scene-branch latents of {len(branch_latents[0])} scenes but "
                              f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
-                           camera_weight=cfg.camera_weight)
+                           camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device))
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
     objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size,
                              transformer.layout(mi_blocks, cfg.attention), cfg.cfg_drop, cfg.single_fraction,
                              cfg.logit_mean, cfg.logit_std, token_weights=weights)
     return Trainer(cfg, objective, device)
+
+
+def _native_cpu_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast can speed up training here: a CPU whose oneDNN has native bf16 (AVX512-BF16, AMX).
+    Elsewhere bf16 is emulated and slower, so a run asking for it trains in float32 and says so."""
+    if device.type != "cpu":
+        return False
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if not native:
+        print("train: this CPU has no native bf16; the condition encoder trains in float32", file=sys.stderr)
+    return native
 
 
 def cached_latents(cfg: TrainConfig, vae: nn.Module, surfaces: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -501,7 +514,7 @@ def _parser() -> argparse.ArgumentParser:
         elif value is None:
             parser.add_argument(flag, default=None, type=int if f.name == "stop_at" else str)
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=on_off if isinstance(value, bool) else type(value), default=value)
     return parser
 
 
