@@ -85,6 +85,16 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert run_recipe(run, cfg) == 0
     assert {p: p.stat().st_mtime_ns for p in (run / "data").glob("*.npz")} == before
 
+    if attention == "multi_instance" and not extras:  # the DiT step's benchmark runs on such a folder, writing nothing in it
+        from scenewright.bench.run import main as bench_main
+
+        files = sorted(run.rglob("*"))
+        out = tmp_path / "step.json"
+        assert bench_main(["train-step", str(run), "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+        timing = json.loads(out.read_text())
+        assert timing["seconds_per_step"] > 0 and timing["batch_size"] == cfg.batch_size and timing["recipe_steps"] == 4
+        assert sorted(run.rglob("*")) == files
+
 
 def test_num_components_must_fill_tokens():
     from scenewright.training.recipe import recipe_preset

@@ -1,4 +1,4 @@
-"""`scenewright bench extraction|sampler|placement|reference`: print a table, optionally write the numbers as JSON."""
+"""`scenewright bench extraction|sampler|placement|reference|train-step`: print a table, optionally write the numbers as JSON."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reference", add_help=False,
                    help="MIDI-3D's reference pipeline against ours, stage by stage "
                         "(options: scenewright bench reference --help)")
+    sub.add_parser("train-step", add_help=False,
+                   help="seconds per DiT training step of the default recipe on a run's data "
+                        "(options: scenewright bench train-step --help)")
     smp = sub.add_parser("sampler", help="encode / denoise / decode seconds and peak memory, random weights")
     smp.add_argument("--config", choices=("small", "full"), default="small")
     smp.add_argument("--instances", default="1,3,5,8", help="comma-separated instance counts")
@@ -42,6 +45,10 @@ def main(argv: list[str]) -> int:
         from .reference import main as reference_main
 
         return reference_main(argv[1:])
+    if argv[:1] == ["train-step"]:
+        from .train_step import main as train_step_main
+
+        return train_step_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.what == "extraction":
         from .extraction import format_extraction, run_extraction
