@@ -96,9 +96,8 @@ class RecipeConfig(ConfigMixin):
                                                 "head (10 all but fixes it; chosen on the validation split)")
     candidates: int = _setting(3, "scenes sampled per request, the one the others agree with most kept")
     threads: int = _setting(2, "torch threads of the training and evaluation stages")
-    cpu_bf16: bool = _setting(True, "the DiT stage's condition encoder and the camera estimator in bf16 autocast "
-                                    "on a CPU with native bf16 (AVX512-BF16 or AMX; elsewhere float32): cheaper "
-                                    "steps (docs/performance.md)")
+    cpu_bf16: bool = _setting(True, "the DiT stage's condition encoder in bf16 autocast on a CPU with native bf16 "
+                                    "(AVX512-BF16 or AMX; elsewhere float32): a cheaper step (docs/performance.md)")
     checkpoint_every: int = _setting(500, "DiT steps between checkpoints")
     export: str = _setting("", "model folder to write; '' = the package's assets/default-model "
                                "(default-sca-model for scene_context)")
@@ -247,8 +246,7 @@ def train_camera_stage(run: Path, cfg: RecipeConfig) -> None:
     """The camera estimator, trained on the scene shards' condition inputs and cameras (training/camera.py)."""
     from .camera import CameraTrainConfig, train_camera_estimator
 
-    config = CameraTrainConfig(steps=cfg.camera_steps, seed=cfg.seed, cpu_bf16=cfg.cpu_bf16)
-    train_camera_estimator(run / "data", run / CAMERA_DIR, config)
+    train_camera_estimator(run / "data", run / CAMERA_DIR, CameraTrainConfig(steps=cfg.camera_steps, seed=cfg.seed))
 
 
 def export_camera_estimator(run: Path, folder: Path, prior_weight: float) -> None:

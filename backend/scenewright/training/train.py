@@ -351,7 +351,7 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
             raise SystemExit(f"{cfg.codec} holds scene-branch latents of {len(branch_latents[0])} scenes but "
                              f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
-                           camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and native_cpu_bf16(device))
+                           camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device))
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
     objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size,
@@ -360,14 +360,14 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
     return Trainer(cfg, objective, device)
 
 
-def native_cpu_bf16(device: torch.device) -> bool:
+def _native_cpu_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast can speed up training here: a CPU whose oneDNN has native bf16 (AVX512-BF16, AMX).
     Elsewhere bf16 is emulated and slower, so a run asking for it trains in float32 and says so."""
     if device.type != "cpu":
         return False
     native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if not native:
-        print("train: this CPU has no native bf16; training in float32", file=sys.stderr)
+        print("train: this CPU has no native bf16; the condition encoder trains in float32", file=sys.stderr)
     return native
 
 
