@@ -63,8 +63,8 @@ class RecipeConfig(ConfigMixin):
     fit_objects: int = _setting(6000, "objects the codec's PCA is fitted on (each also mirrored)")
     grid_resolution: int = _setting(32, "the shape codec's signed-distance grid, samples per axis")
     num_components: int = _setting(64, "the codec's PCA components (with the 8 pose numbers a multiple of 8)")
-    steps: int = _setting(9000, "DiT steps: about 90 minutes at 2 threads on an idle 2-core CPU (0.6 s a step), "
-                                "the whole recipe within 150 minutes")
+    steps: int = _setting(9000, "DiT steps: about 87 minutes at 2 threads on an idle 2-core CPU with --cpu-bf16 "
+                                "(0.58 s a step; `scenewright bench train-step RUN`, docs/performance.md)")
     batch_size: int = _setting(32, "instance rows per DiT step")
     lr: float = _setting(4e-4, "AdamW learning rate (cosine decay)")
     warmup: int = _setting(300, "warm-up steps of the learning rate")
