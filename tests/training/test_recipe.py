@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,13 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     before = {p: p.stat().st_mtime_ns for p in (run / "data").glob("*.npz")}
     assert run_recipe(run, cfg) == 0
     assert {p: p.stat().st_mtime_ns for p in (run / "data").glob("*.npz")} == before
+
+    # a resumed run may send its model elsewhere; what it trains stays what it started with
+    elsewhere = tmp_path / "model-2"
+    assert run_recipe(run, replace(cfg, export=str(elsewhere), steps=8)) == 0
+    again = json.loads((elsewhere / "training_config.json").read_text())
+    assert again["recipe"]["export"] == str(elsewhere) and again["recipe"]["steps"] == 4 and again["dit_step"] == 4
+    assert json.loads((run / "recipe.json").read_text())["export"] == str(elsewhere)
 
     if attention == "multi_instance" and not extras:  # the DiT step's benchmark runs on such a folder, writing nothing in it
         from scenewright.bench.run import main as bench_main

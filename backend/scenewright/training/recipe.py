@@ -14,6 +14,8 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 
 Every setting is in RUN/recipe.json (and the DiT stage's in RUN/codec-dit/training_config.json);
 the exported folder carries both in training_config.json. Stage times go to RUN/stages.json.
+A resumed run keeps the training settings it started with; where its results go (--export,
+--benchmark, --evaluate) may change, e.g. to export a finished run into the package.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,6 +105,15 @@ class RecipeConfig(ConfigMixin):
                                "(default-sca-model for scene_context)")
     benchmark: str = _setting("", "cases to evaluate on; '' = ../shared/benchmark/dev when it exists")
     evaluate: bool = _setting(True, "predict + eval on the benchmark after the export")
+
+
+# where a run's results go, not what it trains: a resumed run may change them
+OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
+
+
+def training_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """The settings that decide the trained model: all but where its outputs go."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in OUTPUT_SETTINGS}
 
 
 def recipe_preset(cfg: RecipeConfig) -> "CodecModelPreset":
@@ -312,10 +323,10 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     saved = run / RECIPE_FILE
     if saved.exists():
         previous = RecipeConfig.from_dict(json.loads(saved.read_text()))
-        if previous != cfg:
-            print(f"recipe: {saved} holds other settings; resuming with those (choose a new --out to change them)",
-                  file=sys.stderr)
-            cfg = previous
+        if training_settings(previous) != training_settings(cfg):
+            print(f"recipe: {saved} holds other training settings; resuming with those (choose a new --out to "
+                  "change them)", file=sys.stderr)
+        cfg = replace(previous, **{name: getattr(cfg, name) for name in OUTPUT_SETTINGS})
     saved.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     torch.set_num_threads(cfg.threads)
     stages: list[tuple[str, bool, Any]] = [
