@@ -13,7 +13,7 @@ from PIL import Image
 
 from scenewright.camera import Camera, render_silhouettes, view_frame_transform
 from scenewright.evaluation.cases import load_case, load_prediction, write_mesh
-from scenewright.evaluation.metrics import count_distinct, sample_surface, score_case, summarise
+from scenewright.evaluation.metrics import box_errors, box_iou, count_distinct, sample_surface, score_case, summarise
 
 RES = 128
 
@@ -119,6 +119,40 @@ def test_translated_instance_lowers_iou_b_and_raises_lcd_by_the_analytic_amounts
     assert [row["iou_b"] for row in result["instances"]] == pytest.approx([expected_iou, expected_iou], abs=1e-9)
     assert result["lcd"] == pytest.approx(2 * d / 3, abs=1e-9)
     assert result["ssr"] == 1.0
+
+
+def test_box_error_names_the_axis_a_box_is_off_along(tmp_path):
+    """The translated-instance case above: both boxes are off along y (depth) only, by d/3 of a 2/3 side."""
+    d = 0.5
+    matrix = camera_matrix(yaw_deg=0.0)
+    gt = {1: box([0, 0, 0], [1, 1, 1]), 2: box([2, 0, 0], [3, 1, 1]), 3: box([4, 0, 0], [5, 1, 1])}
+    moved = {1: gt[1], 2: box([2, d, 0], [3, 1 + d, 1]), 3: trimesh.Trimesh()}
+    result = score(tmp_path, gt, moved, matrix)
+    rows = {row["id"]: row for row in result["instances"]}
+    assert rows[3]["box_error"] is None
+    # the predicted scene box is x in [0, 3], y in [0, 1 + d]: both sides scale by 2/3 (pred) and 2/5 (GT)
+    for k in (1, 2):
+        error = rows[k]["box_error"]
+        assert error["log_size_ratio"] == pytest.approx([math.log(5 / 3)] * 3, abs=1e-9)
+    assert rows[1]["box_error"]["centre_error"][1] < 0 < rows[2]["box_error"]["centre_error"][1]
+    summary = summarise([result])["box_error"]
+    assert summary["all"]["n_instances"] == 3
+    # instance 3 is empty: it counts 0 in the mean with each axis from the GT, as it does in IoU-B
+    assert summary["all"]["iou_b_with_gt_axis"] == pytest.approx(
+        [np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][0] for k in (1, 2)] + [0.0]),
+         np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][1] for k in (1, 2)] + [0.0]),
+         np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][2] for k in (1, 2)] + [0.0])])
+
+
+def test_box_error_of_a_box_off_along_one_axis():
+    gt = (np.array([0.0, 0.0, 0.0]), np.array([1.0, 2.0, 1.0]))
+    pred = (np.array([0.0, 0.5, 0.0]), np.array([1.0, 3.5, 1.0]))  # y: moved by 1, grown by 1.5
+    error = box_errors(pred, gt)
+    assert error["centre_error"] == pytest.approx([0.0, 1.0 / 2.0, 0.0])
+    assert error["log_size_ratio"] == pytest.approx([0.0, math.log(1.5), 0.0])
+    assert error["iou_b_with_gt_axis"][1] == pytest.approx(1.0)
+    assert error["iou_b_with_gt_axis"][0] == error["iou_b_with_gt_axis"][2] == pytest.approx(box_iou(pred, gt))
+    assert box_iou(pred, gt) == pytest.approx(1.5 / 3.5)
 
 
 def test_missing_instance_lowers_ssr_and_scores_empty(tmp_path):

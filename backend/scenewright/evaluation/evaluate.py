@@ -61,6 +61,13 @@ def format_table(report: dict[str, Any]) -> str:
         shown = ", ".join(f"{_TABLE[name][0]} {'n/a' if values[name] is None else f'{values[name]:.4f}'}"
                           for name in INSTANCE_METRICS)
         lines.append(f"| {group} instances ({values['n_instances']}) | {shown} |")
+    for group, values in (report.get("box_error") or {}).items():
+        if values["iou_b_with_gt_axis"] is None:
+            continue
+        triple = lambda name: " / ".join(f"{v:.3f}" for v in values[name])
+        lines.append(f"| box error x / y / z, {group} ({values['n_instances']}) | median abs. centre error / size "
+                     f"{triple('median_abs_centre_error')}, median abs. log size ratio {triple('median_abs_log_size_ratio')}, "
+                     f"IoU-B with that axis from the GT {triple('iou_b_with_gt_axis')} |")
     run = report.get("run", {})
     lines.append("")
     lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")

@@ -159,6 +159,29 @@ def box_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
     return inter / union if union > 0 else 0.0
 
 
+def box_errors(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
+    """Where a predicted box (lo, hi) is off its GT box, per axis of the view frame (x side, y depth, z height).
+
+    Not a protocol metric: it says which axis IoU-B is lost on. `centre_error`: the centres' difference as a
+    fraction of the GT box's size along the axis; `log_size_ratio`: log of the predicted size over the GT's;
+    `iou_b_with_gt_axis`: the box IoU once that axis' interval is replaced by the GT's (1 for a box wrong
+    along that axis only).
+    """
+    lo, hi = np.asarray(pred[0], np.float64), np.asarray(pred[1], np.float64)
+    gt_lo, gt_hi = np.asarray(gt[0], np.float64), np.asarray(gt[1], np.float64)
+    gt_size = np.maximum(gt_hi - gt_lo, 1e-12)
+    with_gt_axis = []
+    for axis in range(3):
+        fixed_lo, fixed_hi = lo.copy(), hi.copy()
+        fixed_lo[axis], fixed_hi[axis] = gt_lo[axis], gt_hi[axis]
+        with_gt_axis.append(box_iou((fixed_lo, fixed_hi), (gt_lo, gt_hi)))
+    return {
+        "centre_error": ((lo + hi - gt_lo - gt_hi) / 2.0 / gt_size).tolist(),
+        "log_size_ratio": np.log(np.maximum(hi - lo, 1e-12) / gt_size).tolist(),
+        "iou_b_with_gt_axis": with_gt_axis,
+    }
+
+
 def centre_chamfer(pred: np.ndarray, gt: np.ndarray) -> float:
     """Chamfer between two small point sets with plain Euclidean distances, mean + mean."""
     if len(pred) == 0:
@@ -236,8 +259,10 @@ def score_case(case: Case, pred: Prediction) -> dict[str, Any]:
             gt_obj = sample_surface(object_normalise(gt[k]), NUM_SAMPLES, (SAMPLING_SEED, k, _OBJECT))
             row["cd_o"], row["f_o"] = aligned_scores(pred_obj, gt_obj)
             row["iou_b"] = box_iou(bounds(pred_n[k]), bounds(gt_n[k]))
+            row["box_error"] = box_errors(bounds(pred_n[k]), bounds(gt_n[k]))
         else:
             row["cd_o"], row["f_o"], row["iou_b"] = EMPTY_CD, EMPTY_F, EMPTY_IOU
+            row["box_error"] = None
         row["reproj_iou"] = reproj[k] if reproj is not None else None
         instances.append(row)
 
@@ -273,6 +298,22 @@ def _pooled_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def _box_error_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per axis (x, y, z): median |centre error| and |log size ratio| over the non-empty instances, and the mean
+    IoU-B with that axis taken from the GT over all of them (an empty instance counts 0, as in IoU-B)."""
+    errors = [row["box_error"] for row in rows if row.get("box_error")]
+    if not errors:
+        return {"n_instances": len(rows), "median_abs_centre_error": None, "median_abs_log_size_ratio": None,
+                "iou_b_with_gt_axis": None}
+    with_gt_axis = [row["box_error"]["iou_b_with_gt_axis"] if row.get("box_error") else [EMPTY_IOU] * 3 for row in rows]
+    return {
+        "n_instances": len(rows),
+        "median_abs_centre_error": np.median(np.abs([e["centre_error"] for e in errors]), axis=0).tolist(),
+        "median_abs_log_size_ratio": np.median(np.abs([e["log_size_ratio"] for e in errors]), axis=0).tolist(),
+        "iou_b_with_gt_axis": np.mean(with_gt_axis, axis=0).tolist(),
+    }
+
+
 def summarise(per_case: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means as the protocol defines them: scene metrics over cases, instance metrics over pooled instances."""
     means: dict[str, float | None] = {}
@@ -282,15 +323,17 @@ def summarise(per_case: Sequence[dict[str, Any]]) -> dict[str, Any]:
     means.update(_pooled_means(rows))
     # Not a protocol metric: the instance metrics of instances on the ground and of those resting on another
     # (the GT's support), where the small supported props are what costs IoU-B most (docs/results.md).
-    by_support = {}
+    by_support, box_error = {}, {"all": _box_error_summary(rows)}
     for group, on_ground in (("ground", True), ("supported", False)):
         members = [row for row in rows if (row.get("support") is None) == on_ground]
         by_support[group] = {"n_instances": len(members), **_pooled_means(members)}
+        box_error[group] = _box_error_summary(members)
     times = [c["time_s"] for c in per_case if c.get("time_s") is not None]
     memory = [c["peak_mem_mb"] for c in per_case if c.get("peak_mem_mb") is not None]
     return {
         "means": means,
         "means_by_support": by_support,
+        "box_error": box_error,  # which axis of the view frame IoU-B is lost on (not a protocol metric)
         "n_cases": len(per_case),
         "n_instances": sum(c["n_gt"] for c in per_case),
         "n_cases_with_camera": sum(1 for c in per_case if c["reproj_iou"] is not None),
