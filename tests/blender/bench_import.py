@@ -10,9 +10,7 @@ triangles each) and times importer.import_result in a bpy subprocess.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,8 +22,7 @@ import trimesh
 from scenewright.export import export_result
 from scenewright.pipeline import GeneratedInstance, GenerationResult
 from scenewright.protocol import GenerationSettings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from temp_blender import install_extension
 
 BLENDER_SCRIPT = """
 import json, sys, time
@@ -50,19 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--subdivisions", type=int, default=7)
     args = parser.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("build_extension", REPO_ROOT / "install" / "build_extension.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = {**os.environ}
-        for var in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES"):
-            (root / var).mkdir()
-            env[f"BLENDER_USER_{var}"] = str(root / var)
-        zip_path = build.build(root / "dist")
-        install = ("import bpy, sys; bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo='user_default', "
-                   "enable_on_install=True)")
-        subprocess.run([sys.executable, "-c", install, str(zip_path)], env=env, check=True, capture_output=True)
+        env = install_extension(root)
         sphere = trimesh.creation.icosphere(subdivisions=args.subdivisions)
         instances = [GeneratedInstance(i + 1, None, sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32))
                      for i in range(args.instances)]

@@ -11,16 +11,15 @@ applied by the timer tick) while timing every tick: what the user feels as lag. 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from temp_blender import REPO_ROOT, install_extension
+
 EXAMPLES = REPO_ROOT / "backend" / "scenewright" / "assets" / "examples"
 
 BLENDER_SCRIPT = """
@@ -54,19 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example", default="desk")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("build_extension", REPO_ROOT / "install" / "build_extension.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = {**os.environ}
-        for var in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES"):
-            (root / var).mkdir()
-            env[f"BLENDER_USER_{var}"] = str(root / var)
-        zip_path = build.build(root / "dist")
-        install = ("import bpy, sys; bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo='user_default', "
-                   "enable_on_install=True)")
-        subprocess.run([sys.executable, "-c", install, str(zip_path)], env=env, check=True, capture_output=True)
+        env = install_extension(root)
         service = subprocess.Popen([sys.executable, "-m", "scenewright", "serve", "--port", "0", "--data-dir",
                                     str(root / "data"), "--model", args.model, "--device", "cpu"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
