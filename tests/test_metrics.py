@@ -139,9 +139,7 @@ def test_box_error_names_the_axis_a_box_is_off_along(tmp_path):
     assert summary["all"]["n_instances"] == 3
     # instance 3 is empty: it counts 0 in the mean with each axis from the GT, as it does in IoU-B
     assert summary["all"]["iou_b_with_gt_axis"] == pytest.approx(
-        [np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][0] for k in (1, 2)] + [0.0]),
-         np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][1] for k in (1, 2)] + [0.0]),
-         np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][2] for k in (1, 2)] + [0.0])])
+        [np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][axis] for k in (1, 2)] + [0.0]) for axis in range(3)])
 
 
 def test_box_error_of_a_box_off_along_one_axis():
