@@ -16,6 +16,7 @@ from scenewright.placement import (
     camera_from_params,
     place_scene,
     refine_poses,
+    refine_supported,
     solve_camera,
 )
 
@@ -362,6 +363,38 @@ def test_refine_poses_restores_the_aspect_of_stretched_instances():
     assert aspect_error(refined).mean() < 0.5 * aspect_error(stretched).mean()
     for (v0, _), (v1, _) in zip(stretched, refined):
         assert abs(v0[:, 2].min() - v1[:, 2].min()) < 1e-9
+
+
+def test_supported_instances_are_fitted_again_with_their_support_counting():
+    """A generated prop too large and too far forward on its table spills over the table's top in the picture.
+    Where the table's pixels may hide it (the fit before placement) a spilling pose fits perfectly; once the
+    prop is known to rest on the table, which cannot hide it, the spill counts and the fit brings it back."""
+    table, prop = _table((0.0, 3.0, 0.0)), _box((0.3, 0.3, 0.25), (0.1, 3.1, 0.75))
+    camera = _true_camera()
+    seg = _seg([table, prop], camera)
+    masks = [seg == 1, seg == 2]
+    pivot = np.array([0.1, 3.1, 0.75])
+    generated = ((prop[0] - pivot) * 1.2 + pivot + [0.0, -0.14, 0.0], prop[1])  # larger, nearer the camera
+    placement = place_scene([table, generated], masks, SIZE, camera=camera)
+    assert placement.instances[1].support == 1
+    scene_camera = Camera.from_dict(placement.camera)
+
+    def world(p):
+        return (p.vertices.astype(np.float64) + p.transform[:3, 3], p.faces)
+
+    def fit(mesh, hidden):  # IoU of the prop's silhouette and mask; silhouette pixels in `hidden` are free
+        s = render_silhouettes([mesh], scene_camera)[0]
+        return (s & masks[1]).sum() / (masks[1] | (s & ~hidden)).sum()
+
+    nothing = np.zeros_like(masks[1])
+    hidden_by_table = refine_poses([None, world(placement.instances[1])], masks, scene_camera, 100)[1]
+    assert fit(hidden_by_table, masks[0]) > 0.99 and fit(hidden_by_table, nothing) < 0.87
+    refitted = refine_supported(placement, masks)
+    assert fit(world(refitted.instances[1]), nothing) > max(0.9, fit(hidden_by_table, nothing) + 0.05)
+    bottom = lambda p: world(p)[0][:, 2].min()
+    assert bottom(refitted.instances[1]) == pytest.approx(bottom(placement.instances[1]), abs=1e-6)  # still on the top
+    assert refitted.instances[0] is placement.instances[0]  # the table rests on the ground: not refitted
+    assert refitted.instances[1].support == 1 and refitted.camera == placement.camera
 
 
 def test_upright_frames_are_not_levelled():

@@ -454,7 +454,8 @@ def _place(
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """Camera solve, [pose refinement], ground and scale; instances without a surface stay empty and unplaced.
+    """Camera solve, [pose refinement], ground and scale, [supported instances refitted]; instances without a
+    surface stay empty and unplaced.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -463,7 +464,7 @@ def _place(
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
     is levelled.
     """
-    from .placement import CameraSolveConfig, place_scene, refine_poses, solve_camera
+    from .placement import CameraSolveConfig, place_scene, refine_poses, refine_supported, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     masks = [i.mask for i in instances]
@@ -478,6 +479,8 @@ def _place(
         meshes = refine_poses(meshes, masks, camera)
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
+    if refine:
+        placement = refine_supported(placement, masks)
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)

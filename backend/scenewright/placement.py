@@ -14,6 +14,7 @@ docs/placement.md explains them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 # refine_poses stretches an instance along each of its axes by at most this log factor (about 10 %), chosen on
 # the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement and levelling").
 STRETCH_LIMIT = 0.1
+# Nelder-Mead evaluations of refine_supported's fit of an instance resting on another, chosen on the validation
+# split (60, 100, 200: docs/results.md, "Supported instances fitted again after placement").
+SUPPORTED_EVALUATIONS = 100
 
 # MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
 # The reference (VAST-AI-Research/MIDI-3D) exports its meshes with trimesh as
@@ -323,7 +327,8 @@ def solve_camera(
 
 
 def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], camera: Camera,
-                 evaluations: int = 40, max_faces: int = 1500) -> list[Mesh | None]:
+                 evaluations: int = 40, max_faces: int = 1500,
+                 hidden: Sequence[np.ndarray] | None = None) -> list[Mesh | None]:
     """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a scale about its
     bottom centre (uniform, times a stretch along each of its own axes) and a turn about its vertical axis, so
     its contact height is kept.
@@ -340,10 +345,11 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     at full resolution, silhouette pixels on other instances' masks ignored (it may be hidden
     there). A pose is kept only when its IoU is better than the generated one's. For models
     that generate poses, whose instances the camera solve leaves somewhat off their masks.
-    Meshes are in the camera's frame.
+    Meshes are in the camera's frame. `hidden` (per instance, (H, W) bool): where each may be
+    hidden by another; by default every other instance's mask.
     """
     all_masks = [np.asarray(m, bool) for m in masks]
-    others = other_masks(all_masks, all_masks)
+    others = other_masks(all_masks, all_masks) if hidden is None else [np.asarray(h, bool) for h in hidden]
     directions = outline_directions(8)
     side = float(max(camera.resolution))
     x_scale = np.array([0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1])
@@ -391,6 +397,39 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
         if loss(best) < loss(start):
             out[i] = (moved(best, vertices), faces)
     return out
+
+
+def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
+                     evaluations: int = SUPPORTED_EVALUATIONS) -> Placement:
+    """Fit each instance that rests on another to its mask again, now that its support is known.
+
+    Before placement any other instance's pixels may hide a silhouette, so a generated prop whose
+    base reaches too far towards the camera is free to lie over its support's top there, and
+    place_scene then rests it that far forward (about a third of the benchmark's instances rest on
+    another). A support lies below and behind what rests on it and cannot hide it: here its
+    pixels count against the prop. Same fit as `refine_poses` (contact height kept), through the
+    placement's camera; masks pair with placement.instances. Returns a new Placement.
+    """
+    index = {p.id: k for k, p in enumerate(placement.instances) if p is not None}
+    all_masks = [np.asarray(m, bool) for m in masks]
+    hidden = other_masks(all_masks, all_masks)
+    meshes: list[Mesh | None] = [None] * len(all_masks)
+    for k, placed in enumerate(placement.instances):
+        if placed is not None and placed.support is not None:
+            world = placed.vertices.astype(np.float64) @ placed.transform[:3, :3].T + placed.transform[:3, 3]
+            meshes[k] = (world, placed.faces)
+            hidden[k] = hidden[k] & ~all_masks[index[placed.support]]
+    if not any(m is not None for m in meshes):
+        return placement
+    refined = refine_poses(meshes, all_masks, Camera.from_dict(placement.camera), evaluations, hidden=hidden)
+    instances = list(placement.instances)
+    for k, mesh in enumerate(refined):
+        if mesh is None or mesh is meshes[k]:
+            continue
+        world = np.asarray(mesh[0], np.float64)
+        local, transform = _at_bottom_centre(world)
+        instances[k] = dataclasses.replace(instances[k], vertices=local, transform=transform)
+    return dataclasses.replace(placement, instances=instances)
 
 
 def _framing_camera(vertices: np.ndarray, cfg: CameraSolveConfig, image_size: tuple[int, int]) -> Camera:
@@ -524,14 +563,10 @@ def place_scene(
 
     instances: list[PlacedInstance | None] = [None] * len(meshes)
     for i in usable:
-        world = moved[i] @ scene_from_level[:3, :3].T + scene_from_level[:3, 3]
-        vmin, vmax = world.min(axis=0), world.max(axis=0)
-        origin = np.array([(vmin[0] + vmax[0]) / 2.0, (vmin[1] + vmax[1]) / 2.0, vmin[2]])
-        transform = np.eye(4)
-        transform[:3, 3] = origin
+        local, transform = _at_bottom_centre(moved[i] @ scene_from_level[:3, :3].T + scene_from_level[:3, 3])
         instances[i] = PlacedInstance(
             id=ids[i],
-            vertices=(world - origin).astype(np.float32),
+            vertices=local,
             faces=faces[i].astype(np.int32),
             transform=transform,
             support=None if support[i] is None else ids[support[i]],
@@ -559,6 +594,14 @@ def place_scene(
         scene_from_input=scene_from_input,
         diagnostics=diagnostics,
     )
+
+
+def _at_bottom_centre(world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scene-frame vertices -> (local float32 vertices, the translation to their bottom centre as a 4x4 matrix)."""
+    vmin, vmax = world.min(axis=0), world.max(axis=0)
+    transform = np.eye(4)
+    transform[:3, 3] = [(vmin[0] + vmax[0]) / 2.0, (vmin[1] + vmax[1]) / 2.0, vmin[2]]
+    return (world - transform[:3, 3]).astype(np.float32), transform
 
 
 def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int, tuple[np.ndarray, np.ndarray]],
