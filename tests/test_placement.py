@@ -14,6 +14,7 @@ from scenewright.placement import (
     MIDI_TO_VIEW,
     CameraSolveConfig,
     camera_from_params,
+    fit_flat_tops,
     place_scene,
     refine_poses,
     refine_supported,
@@ -395,6 +396,46 @@ def test_supported_instances_are_fitted_again_with_their_support_counting():
     assert bottom(refitted.instances[1]) == pytest.approx(bottom(placement.instances[1]), abs=1e-6)  # still on the top
     assert refitted.instances[0] is placement.instances[0]  # the table rests on the ground: not refitted
     assert refitted.instances[1].support == 1 and refitted.camera == placement.camera
+
+
+def test_flat_tops_take_their_depth_from_the_pictures_shading():
+    """A cabinet drawn 10 % too shallow and as much too tall as keeps its back-top edge on the same camera ray
+    has nearly the same outline; its lit top (one colour in the picture, its front another) shows the depth.
+    The fit brings depth and height back and the box resting on it follows its top along the camera rays; a
+    sphere, which has no flat top, is left as it is."""
+    cabinet, prop = _box((0.8, 0.6, 0.7), (0.0, 3.0, 0.0)), _box((0.2, 0.2, 0.2), (0.05, 3.0, 0.7))
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.25)
+    ball = (np.asarray(sphere.vertices) + [-1.0, 2.6, 0.25], np.asarray(sphere.faces))
+    camera = _true_camera()
+    eye = camera.matrix_world[:3, 3]
+    seg = _seg([cabinet, prop, ball], camera)
+    top_faces = np.abs(np.cross(*(cabinet[0][cabinet[1][:, k]] - cabinet[0][cabinet[1][:, 0]] for k in (1, 2)))[:, 2]) > 0
+    top_faces &= cabinet[0][cabinet[1]][:, :, 2].min(axis=1) > 0.69
+    image = np.full((*seg.shape, 3), 0.8)
+    image[seg == 1] = (0.2, 0.2, 0.6)  # the cabinet's front and sides
+    image[(seg == 1) & render_silhouettes([(cabinet[0], cabinet[1][top_faces])], camera)[0]] = (0.5, 0.5, 0.9)  # its lit top
+    image[seg == 2], image[seg == 3] = (0.9, 0.3, 0.1), (0.1, 0.6, 0.1)
+
+    lo, hi = cabinet[0].min(axis=0), cabinet[0].max(axis=0)
+    back = lo[1] + (hi[1] - lo[1]) * math.exp(-0.1)
+    top = eye[2] + (back - eye[1]) / (hi[1] - eye[1]) * (hi[2] - eye[2])  # on the ray through the true back-top edge
+    shallow = cabinet[0].copy()
+    shallow[:, 1] = lo[1] + (shallow[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
+    shallow[:, 2] *= top / hi[2]
+    raised_prop = eye + (prop[0] - eye) * ((top - eye[2]) / (0.7 - eye[2]))  # on the shallow top, the same picture
+    masks = [seg == k + 1 for k in range(3)]
+    placement = place_scene([(shallow, cabinet[1]), (raised_prop, prop[1]), ball], masks, SIZE, camera=camera)
+    assert [p.support for p in placement.instances] == [None, 1, None]
+
+    fitted = fit_flat_tops(placement, masks, image)
+    to_scene = placement.scene_from_input
+    box = lambda v: (v.min(axis=0), v.max(axis=0))
+    world = lambda p: box(p.vertices.astype(np.float64) + p.transform[:3, 3])
+    truth = lambda v: box(v @ to_scene[:3, :3].T + to_scene[:3, 3])
+    for placed, true_vertices in ((fitted.instances[0], cabinet[0]), (fitted.instances[1], prop[0])):
+        assert np.allclose(world(placed), truth(true_vertices), atol=1e-6)
+    assert not np.allclose(world(placement.instances[0]), truth(cabinet[0]), atol=1e-2)  # it was off before
+    assert fitted.instances[2] is placement.instances[2]
 
 
 def test_upright_frames_are_not_levelled():

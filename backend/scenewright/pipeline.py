@@ -356,7 +356,7 @@ class ScenePipeline:
         view_meshes = views[0] if len(views) == 1 else _consensus_candidate(views)
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
-        generated, camera, supports = _place(instances, view_meshes, scene.size, settings.scene_size_m, labels,
+        generated, camera, supports = _place(instances, view_meshes, np.asarray(scene), settings.scene_size_m, labels,
                                              self.options.frame, refine, prior)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
@@ -447,15 +447,15 @@ def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str
 def _place(
     instances: Sequence[InstanceMask],
     meshes: Sequence[tuple[np.ndarray, np.ndarray] | None],
-    image_size: tuple[int, int],
+    image: np.ndarray,
     scene_size_m: float | None,
     labels: dict[int, str],
     native_frame: str,
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """Camera solve, [pose refinement], ground and scale, [supported instances refitted]; instances without a
-    surface stay empty and unplaced.
+    """Camera solve, [pose refinement], ground and scale, [flat tops from the picture (image: (H, W, 3)),
+    supported instances refitted]; instances without a surface stay empty and unplaced.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -464,10 +464,11 @@ def _place(
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
     is levelled.
     """
-    from .placement import CameraSolveConfig, place_scene, refine_poses, refine_supported, solve_camera
+    from .placement import CameraSolveConfig, fit_flat_tops, place_scene, refine_poses, refine_supported, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     masks = [i.mask for i in instances]
+    image_size = (image.shape[1], image.shape[0])
     gravity_only = native_frame == "midi"
     config = CameraSolveConfig(solve_yaw=gravity_only)
     if camera_prior is not None:
@@ -480,7 +481,7 @@ def _place(
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
     if refine:
-        placement = refine_supported(placement, masks)
+        placement = refine_supported(fit_flat_tops(placement, masks, image), masks)
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)

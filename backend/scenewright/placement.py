@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import least_squares, minimize
 from scipy.spatial import ConvexHull, QhullError
 
-from .camera import Camera, silhouette_spans, view_frame_transform
+from .camera import Camera, render_silhouettes, silhouette_spans, view_frame_transform
 from .masks import mask_support, other_masks, outline_directions
 
 Mesh = tuple[np.ndarray, np.ndarray]
@@ -42,6 +42,11 @@ MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 # refine_poses stretches an instance along each of its axes by at most this log factor (about 10 %), chosen on
 # the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement and levelling").
 STRETCH_LIMIT = 0.1
+# fit_flat_tops tries these log factors of a flat-topped instance's depth (about 10 % each way; chosen on the
+# validation and hard splits: docs/results.md, "Flat tops from the picture's shading"); a top counts as flat
+# when its horizontal faces within FLAT_TOP_BAND of its height from the top cover FLAT_TOP_FRACTION of its box.
+TOP_DEPTH_FACTORS = (-0.1, -0.05, 0.0, 0.05, 0.1)
+FLAT_TOP_BAND, FLAT_TOP_FRACTION = 0.05, 0.5
 # Nelder-Mead evaluations of refine_supported's fit of an instance resting on another, chosen on the validation
 # split (60, 100, 200: docs/results.md, "Supported instances fitted again after placement").
 SUPPORTED_EVALUATIONS = 100
@@ -426,10 +431,83 @@ def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
     for k, mesh in enumerate(refined):
         if mesh is None or mesh is meshes[k]:
             continue
-        world = np.asarray(mesh[0], np.float64)
-        local, transform = _at_bottom_centre(world)
-        instances[k] = dataclasses.replace(instances[k], vertices=local, transform=transform)
+        instances[k] = _with_vertices(instances[k], np.asarray(mesh[0], np.float64))
     return dataclasses.replace(placement, instances=instances)
+
+
+def fit_flat_tops(placement: Placement, masks: Sequence[np.ndarray], image: np.ndarray) -> Placement:
+    """Depth against height of the flat-topped instances on the ground, from the picture's shading.
+
+    Seen from above, a silhouette trades an object's depth for its height: deeper and lower, its back-top
+    edge stays on the same camera ray and the outline barely changes; the front edge of its top, inside the
+    outline, moves. The picture shows that edge: a lit top is one colour, the front another. For each
+    instance on the ground whose mesh has a flat top (FLAT_TOP_FRACTION), below the camera, try its depth
+    times exp(TOP_DEPTH_FACTORS) about its front, each with the height that keeps its back-top edge on its
+    ray, and keep the one whose projected top faces split the mask's colours (image: (H, W, 3)) into the two
+    most uniform parts. Instances resting on a changed one follow its top along the camera rays. Returns a
+    new Placement in the same frame (+Y away from the camera).
+    """
+    camera = Camera.from_dict(placement.camera)
+    eye = camera.matrix_world[:3, 3]
+    colours = np.asarray(image, np.float64).reshape(-1, 3)
+    instances = list(placement.instances)
+    world = {k: p.vertices.astype(np.float64) @ p.transform[:3, :3].T + p.transform[:3, 3]
+             for k, p in enumerate(instances) if p is not None}
+    top_moved: dict[int, tuple[float, float]] = {}  # instance id -> its top's height before and after
+    for k in sorted(world, key=lambda i: world[i][:, 2].min()):  # supports before what rests on them
+        placed, vertices = instances[k], world[k]
+        if placed.support is not None:
+            if placed.support in top_moved:  # along the camera rays onto its support's new top
+                bottom = vertices[:, 2].min()
+                old, new = top_moved[placed.support]
+                moved = eye + (vertices - eye) * ((bottom + new - old - eye[2]) / (bottom - eye[2]))
+                top_moved[placed.id] = (vertices[:, 2].max(), moved[:, 2].max())
+                instances[k] = _with_vertices(placed, moved)
+            continue
+        fitted = _fit_flat_top(vertices, placed.faces, np.asarray(masks[k], bool), colours, camera, eye)
+        if fitted is not None:
+            top_moved[placed.id] = (vertices[:, 2].max(), fitted[:, 2].max())
+            instances[k] = _with_vertices(placed, fitted)
+    return dataclasses.replace(placement, instances=instances)
+
+
+def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, colours: np.ndarray, camera: Camera,
+                  eye: np.ndarray) -> np.ndarray | None:
+    """fit_flat_tops for one instance: its new vertices, or None when it has no flat top or keeps its depth."""
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    height = hi[2] - lo[2]
+    if eye[2] <= hi[2] or height <= 0 or hi[1] <= lo[1] or mask.sum() < 200:
+        return None
+    corners = vertices[faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    horizontal_area = np.abs(normals[:, 2]) / 2.0  # each face's area projected onto the ground
+    top = (horizontal_area > 0.9 * np.linalg.norm(normals, axis=1) / 2.0) & (corners[:, :, 2].mean(axis=1) > hi[2] - FLAT_TOP_BAND * height)
+    if horizontal_area[top].sum() < FLAT_TOP_FRACTION * (hi[0] - lo[0]) * (hi[1] - lo[1]):
+        return None
+    pixels = colours[mask.reshape(-1)]
+    spread = float(((pixels - pixels.mean(axis=0)) ** 2).sum())
+    back_top = np.array([(lo[0] + hi[0]) / 2.0, hi[1], hi[2]])
+    best, best_cost = None, np.inf
+    for factor in TOP_DEPTH_FACTORS:
+        back = lo[1] + (hi[1] - lo[1]) * math.exp(factor)
+        top_z = eye[2] + (back - eye[1]) / (back_top[1] - eye[1]) * (back_top[2] - eye[2])  # same ray
+        if top_z <= lo[2] + FLAT_TOP_BAND * height:
+            continue
+        candidate = vertices.copy()
+        candidate[:, 1] = lo[1] + (vertices[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
+        candidate[:, 2] = lo[2] + (vertices[:, 2] - lo[2]) * (top_z - lo[2]) / height
+        on_top = render_silhouettes([(candidate, faces[top])], camera)[0][mask]
+        if on_top.sum() < 30 or (~on_top).sum() < 30:
+            continue
+        cost = sum(float(((part - part.mean(axis=0)) ** 2).sum()) for part in (pixels[on_top], pixels[~on_top]))
+        if cost < best_cost:
+            best, best_cost = (None if factor == 0.0 else candidate), cost
+    return best if spread > 0 else None
+
+
+def _with_vertices(placed: PlacedInstance, world: np.ndarray) -> PlacedInstance:
+    local, transform = _at_bottom_centre(world)
+    return dataclasses.replace(placed, vertices=local, transform=transform)
 
 
 def _framing_camera(vertices: np.ndarray, cfg: CameraSolveConfig, image_size: tuple[int, int]) -> Camera:
