@@ -421,8 +421,7 @@ def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
     meshes: list[Mesh | None] = [None] * len(all_masks)
     for k, placed in enumerate(placement.instances):
         if placed is not None and placed.support is not None:
-            world = placed.vertices.astype(np.float64) @ placed.transform[:3, :3].T + placed.transform[:3, 3]
-            meshes[k] = (world, placed.faces)
+            meshes[k] = (_world_vertices(placed), placed.faces)
             hidden[k] = hidden[k] & ~all_masks[index[placed.support]]
     if not any(m is not None for m in meshes):
         return placement
@@ -451,8 +450,7 @@ def fit_flat_tops(placement: Placement, masks: Sequence[np.ndarray], image: np.n
     eye = camera.matrix_world[:3, 3]
     colours = np.asarray(image, np.float64).reshape(-1, 3)
     instances = list(placement.instances)
-    world = {k: p.vertices.astype(np.float64) @ p.transform[:3, :3].T + p.transform[:3, 3]
-             for k, p in enumerate(instances) if p is not None}
+    world = {k: _world_vertices(p) for k, p in enumerate(instances) if p is not None}
     top_moved: dict[int, tuple[float, float]] = {}  # instance id -> its top's height before and after
     for k in sorted(world, key=lambda i: world[i][:, 2].min()):  # supports before what rests on them
         placed, vertices = instances[k], world[k]
@@ -481,11 +479,13 @@ def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, col
     corners = vertices[faces]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     horizontal_area = np.abs(normals[:, 2]) / 2.0  # each face's area projected onto the ground
-    top = (horizontal_area > 0.9 * np.linalg.norm(normals, axis=1) / 2.0) & (corners[:, :, 2].mean(axis=1) > hi[2] - FLAT_TOP_BAND * height)
+    near_top = corners[:, :, 2].mean(axis=1) > hi[2] - FLAT_TOP_BAND * height
+    top = near_top & (horizontal_area > 0.9 * np.linalg.norm(normals, axis=1) / 2.0)
     if horizontal_area[top].sum() < FLAT_TOP_FRACTION * (hi[0] - lo[0]) * (hi[1] - lo[1]):
         return None
     pixels = colours[mask.reshape(-1)]
-    spread = float(((pixels - pixels.mean(axis=0)) ** 2).sum())
+    if np.ptp(pixels, axis=0).max() == 0:  # one flat colour: nothing to split
+        return None
     back_top = np.array([(lo[0] + hi[0]) / 2.0, hi[1], hi[2]])
     best, best_cost = None, np.inf
     for factor in TOP_DEPTH_FACTORS:
@@ -502,7 +502,11 @@ def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, col
         cost = sum(float(((part - part.mean(axis=0)) ** 2).sum()) for part in (pixels[on_top], pixels[~on_top]))
         if cost < best_cost:
             best, best_cost = (None if factor == 0.0 else candidate), cost
-    return best if spread > 0 else None
+    return best
+
+
+def _world_vertices(placed: PlacedInstance) -> np.ndarray:
+    return placed.vertices.astype(np.float64) @ placed.transform[:3, :3].T + placed.transform[:3, 3]
 
 
 def _with_vertices(placed: PlacedInstance, world: np.ndarray) -> PlacedInstance:
