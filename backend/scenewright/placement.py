@@ -456,11 +456,11 @@ def fit_flat_tops(placement: Placement, masks: Sequence[np.ndarray], image: np.n
         placed, vertices = instances[k], world[k]
         if placed.support is not None:
             if placed.support in top_moved:  # along the camera rays onto its support's new top
-                bottom = vertices[:, 2].min()
                 old, new = top_moved[placed.support]
-                moved = eye + (vertices - eye) * ((bottom + new - old - eye[2]) / (bottom - eye[2]))
-                top_moved[placed.id] = (vertices[:, 2].max(), moved[:, 2].max())
-                instances[k] = _with_vertices(placed, moved)
+                moved = _along_rays(vertices, eye, vertices[:, 2].min() + new - old)
+                if moved is not None:
+                    top_moved[placed.id] = (vertices[:, 2].max(), moved[0][:, 2].max())
+                    instances[k] = _with_vertices(placed, moved[0])
             continue
         fitted = _fit_flat_top(vertices, placed.faces, np.asarray(masks[k], bool), colours, camera, eye)
         if fitted is not None:
@@ -693,10 +693,8 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
     bottom = float(vertices[:, 2].min())
 
     def along_ray(height: float) -> tuple[np.ndarray, float] | None:
-        scale = (height - eye[2]) / (bottom - eye[2]) if abs(bottom - eye[2]) > 1e-12 else -1.0
-        if not 0.2 <= scale <= 5.0:
-            return None
-        return eye + (vertices - eye) * scale, abs(math.log(scale))
+        moved = _along_rays(vertices, eye, height)
+        return None if moved is None else (moved[0], abs(math.log(moved[1])))
 
     if abs(bottom - ground) <= tolerance:
         slid = along_ray(ground)
@@ -737,6 +735,16 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
     if best_support is None and to_ground is not None:
         return to_ground[0], None
     return vertices - [0.0, 0.0, best_drop], best_support
+
+
+def _along_rays(vertices: np.ndarray, eye: np.ndarray, bottom_height: float) -> tuple[np.ndarray, float] | None:
+    """The instance scaled about the camera centre until its bottom is at bottom_height, so its picture stays,
+    and the scale; None when that takes it behind the camera or more than 5 times nearer or farther."""
+    bottom = float(vertices[:, 2].min())
+    scale = (bottom_height - eye[2]) / (bottom - eye[2]) if abs(bottom - eye[2]) > 1e-12 else -1.0
+    if not 0.2 <= scale <= 5.0:
+        return None
+    return eye + (vertices - eye) * scale, scale
 
 
 def _over_footprint(points: np.ndarray, vertices: np.ndarray) -> bool:
