@@ -14,7 +14,7 @@ from scenewright.placement import (
     MIDI_TO_VIEW,
     CameraSolveConfig,
     camera_from_params,
-    fit_flat_tops,
+    fit_depths,
     place_scene,
     refine_poses,
     refine_supported,
@@ -427,7 +427,7 @@ def test_flat_tops_take_their_depth_from_the_pictures_shading():
     placement = place_scene([(shallow, cabinet[1]), (raised_prop, prop[1]), ball], masks, SIZE, camera=camera)
     assert [p.support for p in placement.instances] == [None, 1, None]
 
-    fitted = fit_flat_tops(placement, masks, image)
+    fitted = fit_depths(placement, masks, image)
     to_scene = placement.scene_from_input
     box = lambda v: (v.min(axis=0), v.max(axis=0))
     world = lambda p: box(p.vertices.astype(np.float64) + p.transform[:3, 3])
@@ -453,3 +453,45 @@ def test_upright_frames_are_not_levelled():
     assert kept.diagnostics["ground_tilt_deg"] == pytest.approx(4.0, abs=0.3)
     assert np.allclose(kept.scene_from_input[:3, :3] / kept.diagnostics["scale_m_per_unit"], np.eye(3), atol=1e-9)
     assert not np.allclose(levelled.scene_from_input[:3, :3] / levelled.diagnostics["scale_m_per_unit"], np.eye(3), atol=1e-3)
+
+
+def test_round_footprints_are_made_as_deep_as_they_are_wide():
+    """A cylinder drawn 15 % too deep and as much too low as keeps its back-top edge on the same camera ray has
+    nearly the same outline; a round footprint is as deep as it is wide, and its width is what the mask gives.
+    The fit brings depth and height back, the box resting on it follows its top along the camera rays, and a
+    box on the ground whose footprint is a square (as deep as it is wide, but not round) is left as it is even
+    in the same plain colour (no shading to read)."""
+    drum, prop = _cylinder(0.3, 0.5, (0.0, 3.0, 0.0)), _box((0.15, 0.15, 0.15), (0.0, 3.0, 0.5))
+    crate = _box((0.5, 0.5, 0.4), (-1.1, 3.2, 0.0))
+    camera = _true_camera()
+    eye = camera.matrix_world[:3, 3]
+    seg = _seg([drum, prop, crate], camera)
+    image = np.full((*seg.shape, 3), 0.8)
+    image[seg == 1], image[seg == 2], image[seg == 3] = (0.2, 0.2, 0.6), (0.9, 0.3, 0.1), (0.2, 0.2, 0.6)
+
+    def deeper(vertices, factor):  # depth times exp(factor) about the front, back-top edge on its ray
+        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+        back = lo[1] + (hi[1] - lo[1]) * math.exp(factor)
+        top = eye[2] + (back - eye[1]) / (hi[1] - eye[1]) * (hi[2] - eye[2])
+        out = vertices.copy()
+        out[:, 1] = lo[1] + (out[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
+        out[:, 2] = lo[2] + (out[:, 2] - lo[2]) * (top - lo[2]) / (hi[2] - lo[2])
+        return out, top
+
+    deep_drum, top = deeper(drum[0], 0.15)
+    lowered_prop = eye + (prop[0] - eye) * ((top - eye[2]) / (0.5 - eye[2]))  # on the lower top, the same picture
+    deep_crate, _ = deeper(crate[0], 0.15)
+    masks = [seg == k + 1 for k in range(3)]
+    placement = place_scene([(deep_drum, drum[1]), (lowered_prop, prop[1]), (deep_crate, crate[1])], masks, SIZE,
+                            camera=camera)
+    assert [p.support for p in placement.instances] == [None, 1, None]
+
+    fitted = fit_depths(placement, masks, image)
+    to_scene = placement.scene_from_input
+    box = lambda v: (v.min(axis=0), v.max(axis=0))
+    world = lambda p: box(p.vertices.astype(np.float64) + p.transform[:3, 3])
+    truth = lambda v: box(v @ to_scene[:3, :3].T + to_scene[:3, 3])
+    for placed, true_vertices in ((fitted.instances[0], drum[0]), (fitted.instances[1], prop[0])):
+        assert np.allclose(world(placed), truth(true_vertices), atol=1e-6)
+    assert not np.allclose(world(placement.instances[0]), truth(drum[0]), atol=1e-2)  # it was off before
+    assert fitted.instances[2] is placement.instances[2]

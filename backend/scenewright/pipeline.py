@@ -454,8 +454,9 @@ def _place(
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
 ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """Camera solve, [pose refinement], ground and scale, [flat tops from the picture (image: (H, W, 3)),
-    supported instances refitted]; instances without a surface stay empty and unplaced.
+    """Camera solve, [pose refinement], ground and scale, [depths of round footprints and of flat tops (from the
+    picture, image: (H, W, 3)), supported instances refitted]; instances without a surface stay empty and
+    unplaced.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -464,7 +465,7 @@ def _place(
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
     is levelled.
     """
-    from .placement import CameraSolveConfig, fit_flat_tops, place_scene, refine_poses, refine_supported, solve_camera
+    from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, refine_supported, solve_camera
 
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     masks = [i.mask for i in instances]
@@ -481,7 +482,7 @@ def _place(
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
     if refine:
-        placement = refine_supported(fit_flat_tops(placement, masks, image), masks)
+        placement = refine_supported(fit_depths(placement, masks, image), masks)
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)

@@ -42,11 +42,16 @@ MIN_TILT_DEG, MAX_TILT_DEG = 2.0, 10.0
 # refine_poses stretches an instance along each of its axes by at most this log factor (about 10 %), chosen on
 # the validation split (0.1, 0.15, 0.2 and unbounded: docs/results.md, "Pose refinement and levelling").
 STRETCH_LIMIT = 0.1
-# fit_flat_tops tries these log factors of a flat-topped instance's depth (about 10 % each way; chosen on the
+# fit_depths tries these log factors of a flat-topped instance's depth (about 10 % each way; chosen on the
 # validation and hard splits: docs/results.md, "Flat tops from the picture's shading"); a top counts as flat
 # when its horizontal faces within FLAT_TOP_BAND of its height from the top cover FLAT_TOP_FRACTION of its box.
 TOP_DEPTH_FACTORS = (-0.1, -0.05, 0.0, 0.05, 0.1)
 FLAT_TOP_BAND, FLAT_TOP_FRACTION = 0.05, 0.5
+# fit_depths takes a footprint for round when its widths over all directions differ by at most ROUND_WIDTH_RATIO
+# (any rectangle's differ by sqrt(2) or more) and its area is within ROUND_AREA_TOLERANCE of the ellipse of its
+# widest and narrowest width (docs/results.md, "Round footprints as deep as they are wide").
+ROUND_WIDTH_RATIO, ROUND_AREA_TOLERANCE = 1.3, 0.06
+ROUND_FACTOR_MIN = 0.01  # a depth within 1 % of the width is left as it is
 # Nelder-Mead evaluations of refine_supported's fit of an instance resting on another, chosen on the validation
 # split (60, 100, 200: docs/results.md, "Supported instances fitted again after placement").
 SUPPORTED_EVALUATIONS = 100
@@ -434,17 +439,21 @@ def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
     return dataclasses.replace(placement, instances=instances)
 
 
-def fit_flat_tops(placement: Placement, masks: Sequence[np.ndarray], image: np.ndarray) -> Placement:
-    """Depth against height of the flat-topped instances on the ground, from the picture's shading.
+def fit_depths(placement: Placement, masks: Sequence[np.ndarray], image: np.ndarray) -> Placement:
+    """Depth against height of the instances on the ground, where the shape or the picture tells them apart.
 
-    Seen from above, a silhouette trades an object's depth for its height: deeper and lower, its back-top
-    edge stays on the same camera ray and the outline barely changes; the front edge of its top, inside the
-    outline, moves. The picture shows that edge: a lit top is one colour, the front another. For each
-    instance on the ground whose mesh has a flat top (FLAT_TOP_FRACTION), below the camera, try its depth
-    times exp(TOP_DEPTH_FACTORS) about its front, each with the height that keeps its back-top edge on its
-    ray, and keep the one whose projected top faces split the mask's colours (image: (H, W, 3)) into the two
-    most uniform parts. Instances resting on a changed one follow its top along the camera rays. Returns a
-    new Placement in the same frame (+Y away from the camera).
+    Seen from above, a silhouette trades an object's depth for its height: deeper and lower, the top of its
+    outline (a box's back-top edge, a cone's apex) stays on the same camera ray and the outline barely
+    changes. Two cues settle it, each applied as a new depth about the instance's front with the height that
+    keeps the top of its outline on its ray (`_with_depth`):
+    - a round footprint (a cylinder, a sphere, a round table; `_is_round`) is as deep as it is wide, and
+      its width is what the mask gives best;
+    - otherwise a flat top (FLAT_TOP_FRACTION), whose front edge, inside the outline, the picture shows: a
+      lit top is one colour, the front another. Its depth times exp(TOP_DEPTH_FACTORS) is tried, and the
+      one kept is the one whose projected top faces split the mask's colours (image: (H, W, 3)) into the
+      two most uniform parts.
+    Instances resting on a changed one follow its top along the camera rays. Returns a new Placement in the
+    same frame (+Y away from the camera).
     """
     camera = Camera.from_dict(placement.camera)
     eye = camera.matrix_world[:3, 3]
@@ -462,19 +471,65 @@ def fit_flat_tops(placement: Placement, masks: Sequence[np.ndarray], image: np.n
                     top_moved[placed.id] = (vertices[:, 2].max(), moved[0][:, 2].max())
                     instances[k] = _with_vertices(placed, moved[0])
             continue
-        fitted = _fit_flat_top(vertices, placed.faces, np.asarray(masks[k], bool), colours, camera, eye)
+        if eye[2] <= vertices[:, 2].max():  # a camera below the top sees no top: nothing to settle
+            continue
+        if _is_round(vertices):
+            extent = vertices.max(axis=0) - vertices.min(axis=0)
+            factor = math.log(extent[0] / extent[1])
+            fitted = _with_depth(vertices, eye, factor) if abs(factor) > ROUND_FACTOR_MIN else None
+        else:
+            fitted = _fit_flat_top(vertices, placed.faces, np.asarray(masks[k], bool), colours, camera, eye)
         if fitted is not None:
             top_moved[placed.id] = (vertices[:, 2].max(), fitted[:, 2].max())
             instances[k] = _with_vertices(placed, fitted)
     return dataclasses.replace(placement, instances=instances)
 
 
-def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, colours: np.ndarray, camera: Camera,
-                  eye: np.ndarray) -> np.ndarray | None:
-    """fit_flat_tops for one instance: its new vertices, or None when it has no flat top or keeps its depth."""
+def _is_round(vertices: np.ndarray) -> bool:
+    """Whether the instance's footprint (the convex hull of its vertices seen from above) is close to a circle."""
+    xy = vertices[:, :2]
+    if len(xy) < 3 or np.ptp(xy, axis=0).min() <= 0:
+        return False
+    try:
+        hull = ConvexHull(xy)
+    except QhullError:  # all in a line
+        return False
+    angles = np.linspace(0.0, np.pi, 36, endpoint=False)
+    spans = xy[hull.vertices] @ np.stack([np.cos(angles), np.sin(angles)])
+    widths = spans.max(axis=0) - spans.min(axis=0)
+    ellipse_area = math.pi / 4.0 * widths.max() * widths.min()
+    return bool(widths.max() <= ROUND_WIDTH_RATIO * widths.min()
+                and abs(hull.volume / ellipse_area - 1.0) <= ROUND_AREA_TOLERANCE)
+
+
+def _with_depth(vertices: np.ndarray, eye: np.ndarray, factor: float) -> np.ndarray | None:
+    """The instance with its depth times exp(factor) about its front and the height that keeps the top of its
+    outline on its camera ray (the point seen highest: a box's back-top edge, a cone's apex); its bottom stays.
+    None when that leaves it no height. The camera is above the instance and in front of it (+Y away)."""
     lo, hi = vertices.min(axis=0), vertices.max(axis=0)
     height = hi[2] - lo[2]
-    if eye[2] <= hi[2] or height <= 0 or hi[1] <= lo[1] or mask.sum() < 200:
+    ahead = vertices[:, 1] - eye[1]
+    if height <= 0 or hi[1] <= lo[1] or ahead.min() <= 0:
+        return None
+    top = vertices[np.argmax((vertices[:, 2] - eye[2]) / ahead)]
+    depth_scale = math.exp(factor)
+    top_y = lo[1] + (top[1] - lo[1]) * depth_scale
+    top_z = eye[2] + (top_y - eye[1]) / (top[1] - eye[1]) * (top[2] - eye[2])  # the same ray
+    if top[2] - lo[2] <= FLAT_TOP_BAND * height or top_z <= lo[2] + FLAT_TOP_BAND * (top[2] - lo[2]):
+        return None
+    out = vertices.copy()
+    out[:, 1] = lo[1] + (vertices[:, 1] - lo[1]) * depth_scale
+    out[:, 2] = lo[2] + (vertices[:, 2] - lo[2]) * (top_z - lo[2]) / (top[2] - lo[2])
+    return out
+
+
+def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, colours: np.ndarray, camera: Camera,
+                  eye: np.ndarray) -> np.ndarray | None:
+    """fit_depths' shading cue for one instance: its new vertices, or None when it has no flat top or keeps its
+    depth."""
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    height = hi[2] - lo[2]
+    if height <= 0 or hi[1] <= lo[1] or mask.sum() < 200:
         return None
     corners = vertices[faces]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
@@ -486,16 +541,11 @@ def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, col
     pixels = colours[mask.reshape(-1)]
     if np.ptp(pixels, axis=0).max() == 0:  # one flat colour: nothing to split
         return None
-    back_top = np.array([(lo[0] + hi[0]) / 2.0, hi[1], hi[2]])
     best, best_cost = None, np.inf
     for factor in TOP_DEPTH_FACTORS:
-        back = lo[1] + (hi[1] - lo[1]) * math.exp(factor)
-        top_z = eye[2] + (back - eye[1]) / (back_top[1] - eye[1]) * (back_top[2] - eye[2])  # same ray
-        if top_z <= lo[2] + FLAT_TOP_BAND * height:
+        candidate = _with_depth(vertices, eye, factor)
+        if candidate is None:
             continue
-        candidate = vertices.copy()
-        candidate[:, 1] = lo[1] + (vertices[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
-        candidate[:, 2] = lo[2] + (vertices[:, 2] - lo[2]) * (top_z - lo[2]) / height
         on_top = render_silhouettes([(candidate, faces[top])], camera)[0][mask]
         if on_top.sum() < 30 or (~on_top).sum() < 30:
             continue
