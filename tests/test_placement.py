@@ -416,25 +416,36 @@ def test_flat_tops_take_their_depth_from_the_pictures_shading():
     image[(seg == 1) & render_silhouettes([(cabinet[0], cabinet[1][top_faces])], camera)[0]] = (0.5, 0.5, 0.9)  # its lit top
     image[seg == 2], image[seg == 3] = (0.9, 0.3, 0.1), (0.1, 0.6, 0.1)
 
-    lo, hi = cabinet[0].min(axis=0), cabinet[0].max(axis=0)
-    back = lo[1] + (hi[1] - lo[1]) * math.exp(-0.1)
-    top = eye[2] + (back - eye[1]) / (hi[1] - eye[1]) * (hi[2] - eye[2])  # on the ray through the true back-top edge
-    shallow = cabinet[0].copy()
-    shallow[:, 1] = lo[1] + (shallow[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
-    shallow[:, 2] *= top / hi[2]
+    shallow, top = _deeper_on_ray(cabinet[0], eye, -0.1)
     raised_prop = eye + (prop[0] - eye) * ((top - eye[2]) / (0.7 - eye[2]))  # on the shallow top, the same picture
     masks = [seg == k + 1 for k in range(3)]
     placement = place_scene([(shallow, cabinet[1]), (raised_prop, prop[1]), ball], masks, SIZE, camera=camera)
     assert [p.support for p in placement.instances] == [None, 1, None]
+    _assert_depth_fitted(placement, fit_depths(placement, masks, image), cabinet[0], prop[0])
 
-    fitted = fit_depths(placement, masks, image)
+
+def _deeper_on_ray(vertices, eye, factor):
+    """The depth times exp(factor) about the front and the height that keeps the back-top edge on its camera ray
+    (the outline stays), and the new top's height; for a box or cylinder standing on z = 0."""
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    back = lo[1] + (hi[1] - lo[1]) * math.exp(factor)
+    top = eye[2] + (back - eye[1]) / (hi[1] - eye[1]) * (hi[2] - eye[2])
+    out = vertices.copy()
+    out[:, 1] = lo[1] + (out[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
+    out[:, 2] *= top / hi[2]
+    return out, top
+
+
+def _assert_depth_fitted(placement, fitted, true_support, true_prop):
+    """fit_depths brought instance 0 (off before) and the prop resting on it back to their true boxes, in the
+    placement's scene frame, and left instance 2 as it was."""
     to_scene = placement.scene_from_input
     box = lambda v: (v.min(axis=0), v.max(axis=0))
     world = lambda p: box(p.vertices.astype(np.float64) + p.transform[:3, 3])
     truth = lambda v: box(v @ to_scene[:3, :3].T + to_scene[:3, 3])
-    for placed, true_vertices in ((fitted.instances[0], cabinet[0]), (fitted.instances[1], prop[0])):
+    for placed, true_vertices in ((fitted.instances[0], true_support), (fitted.instances[1], true_prop)):
         assert np.allclose(world(placed), truth(true_vertices), atol=1e-6)
-    assert not np.allclose(world(placement.instances[0]), truth(cabinet[0]), atol=1e-2)  # it was off before
+    assert not np.allclose(world(placement.instances[0]), truth(true_support), atol=1e-2)  # it was off before
     assert fitted.instances[2] is placement.instances[2]
 
 
@@ -469,29 +480,11 @@ def test_round_footprints_are_made_as_deep_as_they_are_wide():
     image = np.full((*seg.shape, 3), 0.8)
     image[seg == 1], image[seg == 2], image[seg == 3] = (0.2, 0.2, 0.6), (0.9, 0.3, 0.1), (0.2, 0.2, 0.6)
 
-    def deeper(vertices, factor):  # depth times exp(factor) about the front, back-top edge on its ray
-        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-        back = lo[1] + (hi[1] - lo[1]) * math.exp(factor)
-        top = eye[2] + (back - eye[1]) / (hi[1] - eye[1]) * (hi[2] - eye[2])
-        out = vertices.copy()
-        out[:, 1] = lo[1] + (out[:, 1] - lo[1]) * (back - lo[1]) / (hi[1] - lo[1])
-        out[:, 2] = lo[2] + (out[:, 2] - lo[2]) * (top - lo[2]) / (hi[2] - lo[2])
-        return out, top
-
-    deep_drum, top = deeper(drum[0], 0.15)
+    deep_drum, top = _deeper_on_ray(drum[0], eye, 0.15)
     lowered_prop = eye + (prop[0] - eye) * ((top - eye[2]) / (0.5 - eye[2]))  # on the lower top, the same picture
-    deep_crate, _ = deeper(crate[0], 0.15)
+    deep_crate, _ = _deeper_on_ray(crate[0], eye, 0.15)
     masks = [seg == k + 1 for k in range(3)]
     placement = place_scene([(deep_drum, drum[1]), (lowered_prop, prop[1]), (deep_crate, crate[1])], masks, SIZE,
                             camera=camera)
     assert [p.support for p in placement.instances] == [None, 1, None]
-
-    fitted = fit_depths(placement, masks, image)
-    to_scene = placement.scene_from_input
-    box = lambda v: (v.min(axis=0), v.max(axis=0))
-    world = lambda p: box(p.vertices.astype(np.float64) + p.transform[:3, 3])
-    truth = lambda v: box(v @ to_scene[:3, :3].T + to_scene[:3, 3])
-    for placed, true_vertices in ((fitted.instances[0], drum[0]), (fitted.instances[1], prop[0])):
-        assert np.allclose(world(placed), truth(true_vertices), atol=1e-6)
-    assert not np.allclose(world(placement.instances[0]), truth(drum[0]), atol=1e-2)  # it was off before
-    assert fitted.instances[2] is placement.instances[2]
+    _assert_depth_fitted(placement, fit_depths(placement, masks, image), drum[0], prop[0])
