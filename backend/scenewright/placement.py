@@ -494,8 +494,7 @@ def _is_round(vertices: np.ndarray) -> bool:
         hull = ConvexHull(xy)
     except QhullError:  # all in a line
         return False
-    angles = np.linspace(0.0, np.pi, 36, endpoint=False)
-    spans = xy[hull.vertices] @ np.stack([np.cos(angles), np.sin(angles)])
+    spans = xy[hull.vertices] @ outline_directions(72).T  # every 5 degrees
     widths = spans.max(axis=0) - spans.min(axis=0)
     ellipse_area = math.pi / 4.0 * widths.max() * widths.min()
     return bool(widths.max() <= ROUND_WIDTH_RATIO * widths.min()
