@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scenewright.bench.run import main
 from scenewright.bench.sampler import PRESETS, estimate_peak_bytes, parameter_counts
 
@@ -18,12 +20,15 @@ def test_extraction_benchmark_reports_counts_and_equal_meshes(tmp_path, capsys):
     assert "query ratio" in capsys.readouterr().out
 
 
-def test_sampler_benchmark_times_every_stage(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sampler_benchmark_times_every_stage(tmp_path, capsys, dtype):
+    """bf16 is CUDA's default; on the CPU it runs the same mixed-dtype path (fp32 latents into a bf16 decoder)."""
     out = tmp_path / "sampler.json"
     argv = ["sampler", "--config", "small", "--steps", "2", "--instances", "1,2", "--resolution", "16", "--threads", "1",
-            "--json", str(out)]
+            "--dtype", dtype, "--json", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
+    assert result["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
     assert [row["instances"] for row in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert row["encode_s"] > 0 and row["denoise_s"] > 0 and row["decode_s"] > 0

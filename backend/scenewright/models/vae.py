@@ -132,8 +132,9 @@ class TripoSGVAEModel(nn.Module):
     # --- decoding -------------------------------------------------------------------------
 
     def decoder_kv(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B,T,C) -> the token set every point query cross-attends to (B,T,width)."""
-        x = self.post_quant(latents)
+        """Latents (B,T,C), in any float dtype -> the token set every point query cross-attends to
+        (B,T,width), in the decoder's dtype."""
+        x = self.post_quant(latents.to(self.post_quant.weight.dtype))
         for block in self.decoder.blocks[:-1]:
             x = block(x)
         return x
@@ -160,7 +161,7 @@ class TripoSGVAEModel(nn.Module):
         """
         from ..meshing import reference_extraction
 
-        kv = self.decoder_kv(latents.to(self.post_quant.weight.dtype))
+        kv = self.decoder_kv(latents)
 
         def field_fn(points: torch.Tensor) -> torch.Tensor:
             if check_cancel is not None:
