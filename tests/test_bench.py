@@ -20,15 +20,17 @@ def test_extraction_benchmark_reports_counts_and_equal_meshes(tmp_path, capsys):
     assert "query ratio" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_sampler_benchmark_times_every_stage(tmp_path, capsys, dtype):
-    """bf16 is CUDA's default; on the CPU it runs the same mixed-dtype path (fp32 latents into a bf16 decoder)."""
+@pytest.mark.parametrize("dtype, guidance", [("fp32", "cfg"), ("bf16", "cfg"), ("fp32", "timi")])
+def test_sampler_benchmark_times_every_stage(tmp_path, capsys, dtype, guidance):
+    """bf16 is CUDA's default; on the CPU it runs the same mixed-dtype path (fp32 latents into a bf16 decoder).
+    TIMI takes gradients inside the sampler, which the benchmark must allow."""
     out = tmp_path / "sampler.json"
     argv = ["sampler", "--config", "small", "--steps", "2", "--instances", "1,2", "--resolution", "16", "--threads", "1",
-            "--dtype", dtype, "--json", str(out)]
+            "--dtype", dtype, "--guidance", guidance, "--json", str(out)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    assert result["guidance"] == guidance
     assert [row["instances"] for row in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert row["encode_s"] > 0 and row["denoise_s"] > 0 and row["decode_s"] > 0

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..protocol import GUIDANCE_METHODS
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scenewright bench", description=__doc__)
@@ -28,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--instances", default="1,3,5,8", help="comma-separated instance counts")
     smp.add_argument("--steps", type=int, default=50)
     smp.add_argument("--guidance-scale", type=float, default=7.0)
+    smp.add_argument("--guidance", choices=GUIDANCE_METHODS, default="cfg",
+                     help="cfg, or timi: CFG plus TIMI's instance guidance at its default settings (docs/guidance.md)")
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     smp.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: bf16 on CUDA, else fp32)")
     smp.add_argument("--resolution", type=int, default=None, help="mesh cells per axis (default: the preset's)")
@@ -63,10 +67,10 @@ def main(argv: list[str]) -> int:
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: TIMI takes gradients inside the sampler
                 result = run_sampler(
                     args.config, tuple(int(n) for n in args.instances.split(",")), args.steps, args.guidance_scale,
-                    args.device, args.dtype, args.resolution,
+                    args.device, args.dtype, args.resolution, args.guidance,
                 )
         finally:
             torch.set_num_threads(threads)  # main() may run inside another program (tests)

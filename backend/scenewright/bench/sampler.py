@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..guidance import ClassifierFreeGuidance
 from ..loading import resolve_device, resolve_dtype
 from ..models.dit import TripoSGDiTModel
 from ..models.image_encoders import CLIPVisionModelWithProjection, Dinov2Model
@@ -32,6 +31,7 @@ from ..models.presets import PRESETS as MODEL_PRESETS
 from ..models.presets import ModelPreset, build_components, give_random_field_a_surface
 from ..models.vae import TripoSGVAEModel
 from ..pipeline import PipelineOptions, ScenePipeline, default_dtype, synchronize
+from ..protocol import GenerationSettings
 
 
 @dataclass
@@ -138,8 +138,12 @@ class _PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance_scale: float, resolution: int) -> dict[str, float]:
-    """One timed generation of N instances; seconds per stage (device synchronised between stages)."""
+def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance_scale: float, resolution: int,
+                   guidance: str = "cfg") -> dict[str, float]:
+    """One timed generation of N instances; seconds per stage (device synchronised between stages).
+
+    `guidance` is a GenerationSettings.guidance ("cfg", or "timi": CFG plus TIMI at its default settings),
+    through the pipeline's own `guiders`."""
     device = pipe.device
     image, masks = synthetic_scene(num_instances)
     times: dict[str, float] = {}
@@ -151,7 +155,8 @@ def run_generation(pipe: ScenePipeline, num_instances: int, steps: int, guidance
     clock = time.perf_counter()
     layout = pipe.transformer.layout(pipe.transformer.default_mi_blocks())
     latents = pipe.prepare_latents(num_instances, seed=0)
-    latents = pipe.denoise(latents, emb1, emb2, steps, [ClassifierFreeGuidance(guidance_scale)], layout)
+    guiders = pipe.guiders(GenerationSettings(guidance_scale=guidance_scale, guidance=guidance), masks)
+    latents = pipe.denoise(latents, emb1, emb2, steps, guiders, layout)
     synchronize(device)
     times["denoise_s"] = time.perf_counter() - clock
 
@@ -172,6 +177,7 @@ def run_sampler(
     device: str = "auto",
     dtype: str | None = None,
     resolution: int | None = None,
+    guidance: str = "cfg",
 ) -> dict[str, Any]:
     """Build the preset once, warm up, then one timed generation per instance count."""
     preset = PRESETS[config]
@@ -179,7 +185,7 @@ def run_sampler(
     dt = default_dtype(dev) if dtype is None else resolve_dtype(dtype)
     resolution = resolution or preset.resolution
     pipe = build_pipeline(preset, dev, dt)
-    run_generation(pipe, 1, 2, guidance_scale, min(resolution, 32))  # warm-up: kernels, allocator, caches
+    run_generation(pipe, 1, 2, guidance_scale, min(resolution, 32), guidance)  # warm-up: kernels, allocator, caches
 
     rows = []
     for n in instances:
@@ -187,7 +193,7 @@ def run_sampler(
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         with _PeakRSS() as rss:
-            row = run_generation(pipe, n, steps, guidance_scale, resolution)
+            row = run_generation(pipe, n, steps, guidance_scale, resolution, guidance)
         row["instances"] = n
         row["total_s"] = row["encode_s"] + row["denoise_s"] + row["decode_s"]
         row["peak_rss_bytes"] = rss.peak
@@ -204,6 +210,7 @@ def run_sampler(
         "dtype": str(dt).replace("torch.", ""),
         "steps": steps,
         "guidance_scale": guidance_scale,
+        "guidance": guidance,
         "tokens": preset.tokens,
         "resolution": resolution,
         "mi_blocks": pipe.transformer.default_mi_blocks(),
@@ -218,7 +225,8 @@ def format_sampler(result: dict[str, Any]) -> str:
     memory = "peak CUDA MB" if r["device"] == "cuda" else "peak RSS MB"
     lines = [
         f"sampler benchmark: config {r['config']}, {r['device']} ({r['device_name']}, {r['cpu_threads']} threads), "
-        f"{r['dtype']}, {r['steps']} steps, CFG {r['guidance_scale']}, {r['tokens']} tokens/instance, "
+        f"{r['dtype']}, {r['steps']} steps, CFG {r['guidance_scale']}{' + TIMI' if r['guidance'] == 'timi' else ''}, "
+        f"{r['tokens']} tokens/instance, "
         f"MI blocks {r['mi_blocks']}, meshes at {r['resolution']}^3",
         "parameters (M): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in params.items())
         + f", total {sum(params.values()) / 1e6:.1f}",
