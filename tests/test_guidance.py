@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scenewright.guidance import ClassifierFreeGuidance, TimiGuidance, separation_loss
+from scenewright.guidance import ClassifierFreeGuidance, StepContext, TimiGuidance, separation_loss
 from scenewright.masks import instances_from_seg
+from scenewright.models.attention import AttentionProbsProcessor, FusedAttentionProcessor
 from scenewright.models.shape_codec import gaussian_blur_3d
 from scenewright.pipeline import ScenePipeline
 from scenewright.protocol import GenerationSettings, SettingsError, TimiSettings
@@ -99,6 +100,41 @@ def test_timi_lowers_the_separation_loss_at_the_guided_steps(model, request):
     assert np.mean(guided[1:]) < np.mean(unguided[1:])
     without_sgu = _losses(pipe, masks, emb1, emb2, TimiSettings(alpha=0.5, sgu=False))
     assert np.mean(without_sgu[1:]) < np.mean(unguided[1:])
+
+
+def test_timi_runs_only_the_blocks_it_reads_and_gets_the_whole_models_gradient(codec_pipe):
+    """The separation loss reads blocks 0..layers, so the gradient pass stops there: the blocks after it keep no
+    activations (on MIDI-3D's size, 21 blocks, most of TIMI's memory), and the gradient is the one through all."""
+    _, masks, emb1, emb2 = _inputs(codec_pipe)
+    transformer = codec_pipe.transformer
+    index, weights = codec_pipe.conditioner.patch_masks(masks)
+    timi = TimiGuidance(TimiSettings(layers=1), index, weights, codec_pipe.decoder)
+    blocks = timi.guided_blocks(transformer)
+    assert blocks and max(blocks) < len(transformer.blocks) - 1
+    layout = transformer.layout([1, 2])
+    ctx = StepContext(transformer, torch.tensor(700.0), 0, emb1, emb2, layout, torch.float32, len(masks))
+    latents = codec_pipe.prepare_latents(len(masks), seed=0)
+    runs = []
+    hook = transformer.blocks[-1].register_forward_hook(lambda *args: runs.append(1))
+    try:
+        gradient, loss = timi._gradient(ctx, latents, blocks)
+    finally:
+        hook.remove()
+    assert not runs  # the last block never ran
+
+    recorders = {b: AttentionProbsProcessor() for b in blocks}
+    for b, recorder in recorders.items():
+        transformer.blocks[b].attn2_2.processor = recorder
+    try:
+        z = latents.clone().requires_grad_(True)
+        ctx.predict(z, emb1, emb2)  # every block
+        whole = separation_loss([recorders[b].probs[0] for b in blocks], index, weights.float())
+        (expected,) = torch.autograd.grad(whole, z)
+    finally:
+        for b in blocks:
+            transformer.blocks[b].attn2_2.processor = FusedAttentionProcessor()
+    assert loss == pytest.approx(float(whole.detach()), rel=1e-6)
+    assert torch.allclose(gradient, expected, rtol=1e-5, atol=1e-8) and gradient.abs().max() > 0
 
 
 def test_timi_runs_through_generate_with_and_without_multi_instance_attention(codec_pipe):

@@ -47,11 +47,13 @@ class StepContext:
     dtype: torch.dtype
     num_instances: int  # instances of the scene (the rows but a scene-context model's scene row)
 
-    def predict(self, latents: torch.Tensor, emb1: torch.Tensor, emb2: torch.Tensor | None) -> torch.Tensor:
-        """The DiT's velocity for rows of latents (whole scenes: one or both CFG halves) and their embeddings."""
+    def predict(self, latents: torch.Tensor, emb1: torch.Tensor, emb2: torch.Tensor | None,
+                last_block: int | None = None) -> torch.Tensor:
+        """The DiT's velocity for rows of latents (whole scenes: one or both CFG halves) and their embeddings;
+        with `last_block`, only the blocks up to it run and their output comes back (TripoSGDiTModel.forward)."""
         timestep = self.timestep.to(latents.device).expand(latents.shape[0])
         return self.transformer(latents.to(self.dtype), timestep, emb1, emb2, num_instances=self.num_instances,
-                                layout=self.layout).float()
+                                layout=self.layout, last_block=last_block).float()
 
 
 class Guider(Protocol):
@@ -146,7 +148,7 @@ class TimiGuidance:
         try:
             with torch.enable_grad():
                 z = latents.detach().float().requires_grad_(True)
-                ctx.predict(z, ctx.emb1, ctx.emb2)
+                ctx.predict(z, ctx.emb1, ctx.emb2, last_block=max(blocks))  # the loss reads nothing later
                 probs = [recorders[b].probs[0] for b in blocks]
                 loss = separation_loss(probs, self.patch_index.to(z.device),
                                        self.patch_masks.to(z.device, torch.float32))
@@ -156,4 +158,4 @@ class TimiGuidance:
                 ctx.transformer.blocks[b].attn2_2.processor = FusedAttentionProcessor()
         if not torch.isfinite(gradient).all():
             raise FloatingPointError("TIMI's separation gradient is not finite")
-        return gradient, float(loss)
+        return gradient, float(loss.detach())

@@ -170,11 +170,15 @@ class TripoSGDiTModel(nn.Module):
         encoder_hidden_states_2: torch.Tensor | None = None,
         num_instances: int = 1,
         layout: AttentionLayout = PLAIN,
+        last_block: int | None = None,
     ) -> torch.Tensor:
         """hidden_states (B,T,Cin), timestep (B,) or scalar = sigma*1000 -> velocity (B,T,Cin).
 
         `num_instances` is the group size of the layout's multi-instance blocks: rows are
         grouped in consecutive runs of N (multi_instance) or N + 1 (scene_context).
+        `last_block`: stop after that block and return its output (B, 1 + T, width) instead of the
+        velocity. A guider that reads the first blocks' attention needs nothing after them, and
+        under autograd the blocks not run keep no activations (TIMI: blocks 0..4 of 21).
         """
         batch, tokens = hidden_states.shape[:2]
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
@@ -191,6 +195,8 @@ class TripoSGDiTModel(nn.Module):
         for i, block in enumerate(self.blocks):
             skip = skips.pop() if i > middle else None
             x = block(x, encoder_hidden_states, encoder_hidden_states_2, skip, num_instances, layout.mode_of(i))
+            if i == last_block:
+                return x
             if i < middle:
                 skips.append(x)
         x = self.norm_out(x)[:, -tokens:]
