@@ -103,8 +103,9 @@ def test_timi_lowers_the_separation_loss_at_the_guided_steps(model, request):
 
 
 def test_timi_runs_only_the_blocks_it_reads_and_gets_the_whole_models_gradient(codec_pipe):
-    """The separation loss reads blocks 0..layers, so the gradient pass stops there: the blocks after it keep no
-    activations (on MIDI-3D's size, 21 blocks, most of TIMI's memory), and the gradient is the one through all."""
+    """The separation loss reads blocks 0..layers, so the gradient pass stops there, and those blocks are
+    checkpointed (run again in the backward pass instead of keeping their activations): on MIDI-3D's size the
+    memory of TIMI's pass (docs/performance.md). The gradient is the one through the whole model."""
     _, masks, emb1, emb2 = _inputs(codec_pipe)
     transformer = codec_pipe.transformer
     index, weights = codec_pipe.conditioner.patch_masks(masks)
@@ -114,13 +115,16 @@ def test_timi_runs_only_the_blocks_it_reads_and_gets_the_whole_models_gradient(c
     layout = transformer.layout([1, 2])
     ctx = StepContext(transformer, torch.tensor(700.0), 0, emb1, emb2, layout, torch.float32, len(masks))
     latents = codec_pipe.prepare_latents(len(masks), seed=0)
-    runs = []
-    hook = transformer.blocks[-1].register_forward_hook(lambda *args: runs.append(1))
+    runs = {0: 0, len(transformer.blocks) - 1: 0}
+    hooks = [transformer.blocks[b].register_forward_pre_hook(lambda *args, b=b: runs.__setitem__(b, runs[b] + 1))
+             for b in runs]
     try:
         gradient, loss = timi._gradient(ctx, latents, blocks)
     finally:
-        hook.remove()
-    assert not runs  # the last block never ran
+        for hook in hooks:
+            hook.remove()
+    assert runs == {0: 2, len(transformer.blocks) - 1: 0}  # the first block ran again in the backward pass, the last never
+    assert transformer.gradient_checkpointing is False
 
     recorders = {b: AttentionProbsProcessor() for b in blocks}
     for b, recorder in recorders.items():

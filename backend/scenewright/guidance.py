@@ -142,18 +142,24 @@ class TimiGuidance:
         return latents - self._momentum
 
     def _gradient(self, ctx: StepContext, latents: torch.Tensor, blocks: list[int]) -> tuple[torch.Tensor, float]:
+        """dL_sep/dz through blocks 0..max(blocks) only, each block checkpointed: the memory of a plain forward
+        pass plus the recorded attention (docs/guidance.md)."""
         recorders = {b: AttentionProbsProcessor() for b in blocks}
         for b, recorder in recorders.items():
             ctx.transformer.blocks[b].attn2_2.processor = recorder
+        checkpointing = ctx.transformer.gradient_checkpointing
+        ctx.transformer.gradient_checkpointing = True
         try:
             with torch.enable_grad():
                 z = latents.detach().float().requires_grad_(True)
                 ctx.predict(z, ctx.emb1, ctx.emb2, last_block=max(blocks))  # the loss reads nothing later
+                # probs[0]: this forward's; the backward pass's recomputation records its own after it
                 probs = [recorders[b].probs[0] for b in blocks]
                 loss = separation_loss(probs, self.patch_index.to(z.device),
                                        self.patch_masks.to(z.device, torch.float32))
                 (gradient,) = torch.autograd.grad(loss, z)
         finally:
+            ctx.transformer.gradient_checkpointing = checkpointing
             for b in blocks:
                 ctx.transformer.blocks[b].attn2_2.processor = FusedAttentionProcessor()
         if not torch.isfinite(gradient).all():

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ConfigMixin
@@ -149,6 +150,9 @@ class TripoSGDiTModel(nn.Module):
         )
         self.norm_out = nn.LayerNorm(width, eps=1e-5)
         self.proj_out = nn.Linear(width, config.in_channels)
+        # Under autograd, recompute each block's activations in the backward pass instead of keeping them
+        # (diffusers' name): less memory for one more forward pass of the blocks.
+        self.gradient_checkpointing = False
 
     def default_mi_blocks(self, k: int = 5) -> list[int]:
         """This model's `default_mi_blocks`."""
@@ -194,7 +198,11 @@ class TripoSGDiTModel(nn.Module):
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             skip = skips.pop() if i > middle else None
-            x = block(x, encoder_hidden_states, encoder_hidden_states_2, skip, num_instances, layout.mode_of(i))
+            args = (x, encoder_hidden_states, encoder_hidden_states_2, skip, num_instances, layout.mode_of(i))
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                x = block(*args)
             if i == last_block:
                 return x
             if i < middle:
