@@ -103,13 +103,14 @@ def test_timi_lowers_the_separation_loss_at_the_guided_steps(model, request):
 
 
 def test_timi_runs_only_the_blocks_it_reads_and_gets_the_whole_models_gradient(codec_pipe):
-    """The separation loss reads blocks 0..layers, so the gradient pass stops there, and those blocks are
-    checkpointed (run again in the backward pass instead of keeping their activations): on MIDI-3D's size the
-    memory of TIMI's pass (docs/performance.md). The gradient is the one through the whole model."""
+    """The separation loss reads blocks 0..layers, so the gradient pass stops there, and those blocks may be
+    checkpointed (run again in the backward pass instead of keeping their activations; by default on CUDA): on
+    MIDI-3D's size the memory of TIMI's pass (docs/performance.md). The gradient is the one through the whole
+    model."""
     _, masks, emb1, emb2 = _inputs(codec_pipe)
     transformer = codec_pipe.transformer
     index, weights = codec_pipe.conditioner.patch_masks(masks)
-    timi = TimiGuidance(TimiSettings(layers=1), index, weights, codec_pipe.decoder)
+    timi = TimiGuidance(TimiSettings(layers=1), index, weights, codec_pipe.decoder, checkpoint_blocks=True)
     blocks = timi.guided_blocks(transformer)
     assert blocks and max(blocks) < len(transformer.blocks) - 1
     layout = transformer.layout([1, 2])
@@ -139,6 +140,14 @@ def test_timi_runs_only_the_blocks_it_reads_and_gets_the_whole_models_gradient(c
             transformer.blocks[b].attn2_2.processor = FusedAttentionProcessor()
     assert loss == pytest.approx(float(whole.detach()), rel=1e-6)
     assert torch.allclose(gradient, expected, rtol=1e-5, atol=1e-8) and gradient.abs().max() > 0
+
+    default = TimiGuidance(TimiSettings(layers=1), index, weights, codec_pipe.decoder)  # checkpoints on CUDA only
+    hook = transformer.blocks[0].register_forward_pre_hook(lambda *args: runs.__setitem__(0, runs[0] + 1))
+    try:
+        plain, _ = default._gradient(ctx, latents, blocks)
+    finally:
+        hook.remove()
+    assert runs[0] == 3 and torch.allclose(plain, expected, rtol=1e-5, atol=1e-8)  # once more, on this CPU
 
 
 def test_timi_runs_through_generate_with_and_without_multi_instance_attention(codec_pipe):
