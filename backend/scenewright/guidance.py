@@ -150,7 +150,7 @@ class TimiGuidance:
         recorders = {b: AttentionProbsProcessor() for b in blocks}
         for b, recorder in recorders.items():
             ctx.transformer.blocks[b].attn2_2.processor = recorder
-        checkpointing = ctx.transformer.gradient_checkpointing
+        was_checkpointing = ctx.transformer.gradient_checkpointing
         checkpoint = latents.device.type == "cuda" if self.checkpoint_blocks is None else self.checkpoint_blocks
         ctx.transformer.gradient_checkpointing = checkpoint
         try:
@@ -163,7 +163,7 @@ class TimiGuidance:
                                        self.patch_masks.to(z.device, torch.float32))
                 (gradient,) = torch.autograd.grad(loss, z)
         finally:
-            ctx.transformer.gradient_checkpointing = checkpointing
+            ctx.transformer.gradient_checkpointing = was_checkpointing
             for b in blocks:
                 ctx.transformer.blocks[b].attn2_2.processor = FusedAttentionProcessor()
         if not torch.isfinite(gradient).all():

@@ -37,8 +37,9 @@ _GROUND_LABELS = ("table", "box", "cylinder", "cabinet", "sphere", "stool", "cha
                   "wedge", "lamp", "shelf", "bed", "torus")
 _GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 5, 4, 3, 3, 2)
 _SUPPORTS = ("table", "cabinet", "shelf", "stool", "bed")
-_SMALL_HOST_WEIGHT = 1 / 3  # a prop's host: an object of _SUPPORTS (or one resting on another) 3 times as often as
-# any other object with a top (a box, a cylinder); the protocol's props rest on boxes and beds too
+# A prop's host: an object of _SUPPORTS (or one resting on another) 3 times as often as any other object with a top
+# (a box, a cylinder): the protocol's props rest on boxes and beds too.
+_SMALL_HOST_WEIGHT = 1 / 3
 _PROP_LABELS = ("box", "cylinder", "sphere", "cone", "capsule", "torus", "wedge", "lamp", "monitor-on-stand")
 _PROP_WEIGHTS = (10, 8, 6, 4, 3, 3, 4, 4, 6)
 _GAP = 0.03  # minimum clearance between ground footprints, metres
