@@ -36,10 +36,7 @@ _STYLE_WEIGHTS = (0.23, 0.2, 0.14, 0.12, 0.08, 0.1, 0.05, 0.08)
 _GROUND_LABELS = ("table", "box", "cylinder", "cabinet", "sphere", "stool", "chair", "sofa", "cone", "capsule",
                   "wedge", "lamp", "shelf", "bed", "torus")
 _GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 5, 4, 3, 3, 2)
-_SUPPORTS = ("table", "cabinet", "shelf", "stool", "bed")
-# A prop's host: an object of _SUPPORTS (or one resting on another) 3 times as often as any other object with a top
-# (a box, a cylinder): the protocol's props rest on boxes and beds too.
-_SMALL_HOST_WEIGHT = 1 / 3
+_SUPPORTS = ("table", "cabinet", "shelf", "stool")
 _PROP_LABELS = ("box", "cylinder", "sphere", "cone", "capsule", "torus", "wedge", "lamp", "monitor-on-stand")
 _PROP_WEIGHTS = (10, 8, 6, 4, 3, 3, 4, 4, 6)
 _GAP = 0.03  # minimum clearance between ground footprints, metres
@@ -228,11 +225,11 @@ def _add_props(lay: _Layout, count: int, stack: bool = False) -> None:
         if count <= 0 or len(lay.objects) >= MAX_OBJECTS:
             return
         hosts = [i for i, o in enumerate(lay.objects) if o.top is not None and (o.support is None or stack)]
+        big = [i for i in hosts if lay.objects[i].label in _SUPPORTS or lay.objects[i].support is not None]
+        hosts = big or hosts
         if not hosts:
             return
-        weights = np.array([1.0 if lay.objects[i].label in _SUPPORTS or lay.objects[i].support is not None
-                            else _SMALL_HOST_WEIGHT for i in hosts])
-        host = int(rng.choice(hosts, p=weights / weights.sum()))
+        host = int(rng.choice(hosts))
         if lay.place_on(_prop_shape(rng, lay.objects[host].top), host) is not None:
             count -= 1
 
