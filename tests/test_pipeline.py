@@ -14,7 +14,9 @@ from scenewright.guidance import ClassifierFreeGuidance
 from scenewright.masks import MaskError, instances_from_seg
 from scenewright.meshing import box_smooth, dense_grid_points, progressive_bbox
 from scenewright.models.dit import AttentionLayout
-from scenewright.pipeline import GenerationCancelled, ScenePipeline, _consensus_candidate, make_tiny_random_pipeline
+from scenewright.pipeline import (GenerationCancelled, ScenePipeline, _consensus_index,
+                                  _normalised_boxes, _placed_boxes, make_tiny_random_pipeline)
+from scenewright.placement import PlacedInstance, Placement
 from scenewright.protocol import GenerationSettings
 
 
@@ -142,11 +144,32 @@ def test_candidates_keep_the_scene_the_others_agree_with() -> None:
     right = [table, _box_mesh((1.2, 0, 0), (1.7, 0.5, 0.5))]
     scaled = [(m[0] * 3.0 + 5.0, m[1]) for m in right]
     behind = [table, _box_mesh((0, 3, 0), (0.5, 3.5, 0.5))]
-    assert _consensus_candidate([behind, right, scaled]) is right
-    assert _consensus_candidate([right, behind, scaled]) is right
-    assert any(_consensus_candidate([behind, scaled, right]) is agreeing for agreeing in (scaled, right))
+
+    def pick(*views):
+        return views[_consensus_index([_normalised_boxes(v) for v in views])]
+
+    assert pick(behind, right, scaled) is right
+    assert pick(right, behind, scaled) is right
+    assert any(pick(behind, scaled, right) is agreeing for agreeing in (scaled, right))
     # an instance without a surface agrees with nothing: the complete sample wins
-    assert _consensus_candidate([[table, None], right, scaled]) is right
+    assert pick([table, None], right, scaled) is right
+
+
+def test_placed_boxes_are_where_the_object_matrices_put_the_meshes() -> None:
+    """Placed instances keep local vertices and a matrix: their boxes are compared where the matrix moves them."""
+    local = _box_mesh((-0.5, -0.5, 0), (0.5, 0.5, 1))
+    moved = np.eye(4)
+    moved[:3, 3] = (3.0, 0.0, 0.0)
+    placement = Placement([PlacedInstance(1, *local, np.eye(4), None), PlacedInstance(2, *local, moved, None), None],
+                          camera={}, input_camera={}, scene_from_input=np.eye(4))
+    world = [local, (local[0] + np.float32([3.0, 0.0, 0.0]), local[1]), None]
+    boxes = _placed_boxes(placement)
+    for got, want in zip(boxes, _normalised_boxes(world)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+            np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    assert boxes[0][1][0] < boxes[1][0][0]  # the moved one lies to the right
 
 
 def test_generate_with_candidates_is_deterministic(tiny_random: ScenePipeline) -> None:

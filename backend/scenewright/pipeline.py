@@ -18,7 +18,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .models.dit import PLAIN, AttentionLayout
 from .masks import InstanceMask, MaskError, instances_from_seg
 from .meshing import decimate
 from .protocol import MAX_INSTANCES, SHIPPED_MODELS, GenerationSettings
+
+if TYPE_CHECKING:
+    from .placement import Placement
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
@@ -353,11 +356,16 @@ class ScenePipeline:
         clock = time.perf_counter()
         report("place", 0, 1)
         views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
-        view_meshes = views[0] if len(views) == 1 else _consensus_candidate(views)
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
-        generated, camera, supports = _place(instances, view_meshes, np.asarray(scene), settings.scene_size_m, labels,
-                                             self.options.frame, refine, prior)
+        # every candidate is placed; the placed scene that agrees most with the others is kept and finished
+        placements = []
+        for k, view in enumerate(views):
+            report("place", k, len(views))
+            placements.append(_place(instances, view, np.asarray(scene), settings.scene_size_m, self.options.frame,
+                                     refine, prior))
+        kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements])
+        generated, camera, supports = _finish_placement(placements[kept], instances, labels, refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -365,19 +373,26 @@ class ScenePipeline:
                  "native": self.options.frame}
         return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
 
-def _consensus_candidate(views: list[list[tuple[np.ndarray, np.ndarray] | None]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """The sampled scene that agrees most with the others (minimum-Bayes-risk selection): the highest mean IoU of
-    its instances' boxes with the same instances' boxes in every other sample, each scene normalised by its own
-    box as the benchmark's IoU-B is. A sample far from what the model mostly draws is an outlier, not an option:
-    on dev this kept scenes better than the best outline fit (docs/results.md), at no placement cost. With two
-    samples agreement is symmetric and the first is kept: three is the least that can outvote an outlier."""
-    boxes = [_normalised_boxes(view) for view in views]
+def _consensus_index(boxes: list[list[tuple[np.ndarray, np.ndarray] | None]]) -> int:
+    """Which sampled scene agrees most with the others (minimum-Bayes-risk selection): the highest mean IoU of its
+    instances' boxes (`_normalised_boxes`, as the benchmark's IoU-B) with the same instances' boxes in every other
+    sample. A sample far from what the model mostly draws is an outlier, not an option: on dev this kept scenes
+    better than the best outline fit (docs/results.md). The boxes are compared after placement, which brings each
+    sample's instances onto their masks: agreement there picks better scenes than agreement of the generated
+    boxes on all three splits. With two samples agreement is symmetric and the first is kept: three is the least
+    that can outvote an outlier."""
 
     def agreement(i: int) -> float:
         return float(np.mean([np.mean([_box_iou(a, b) for a, b in zip(boxes[i], boxes[j])])
-                              for j in range(len(views)) if j != i]))
+                              for j in range(len(boxes)) if j != i]))
 
-    return views[max(range(len(views)), key=agreement)]
+    return max(range(len(boxes)), key=agreement)
+
+
+def _placed_boxes(placement: Placement) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """`_normalised_boxes` of placed instances (their local vertices moved by their object matrices)."""
+    return _normalised_boxes([None if p is None else (p.vertices.astype(np.float64) @ p.transform[:3, :3].T
+                                                      + p.transform[:3, 3], p.faces) for p in placement.instances])
 
 
 def _normalised_boxes(meshes: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:
@@ -449,14 +464,12 @@ def _place(
     meshes: Sequence[tuple[np.ndarray, np.ndarray] | None],
     image: np.ndarray,
     scene_size_m: float | None,
-    labels: dict[int, str],
     native_frame: str,
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
-) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
+) -> Placement:
     """Camera solve, [pose refinement], ground and scale, [depths of round footprints and of flat tops (from the
-    picture, image: (H, W, 3)), supported instances refitted]; instances without a surface stay empty and
-    unplaced.
+    picture, image: (H, W, 3))]: each candidate scene's placement; `_finish_placement` completes the one kept.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -465,24 +478,37 @@ def _place(
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
     is levelled.
     """
-    from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, refine_supported, solve_camera
+    from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, solve_camera
 
-    empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     masks = [i.mask for i in instances]
     image_size = (image.shape[1], image.shape[0])
     gravity_only = native_frame == "midi"
     config = CameraSolveConfig(solve_yaw=gravity_only)
     if camera_prior is not None:
+        # The model's own estimate holds pitch and fov: the solve starts there only and skips its silhouette
+        # refinement, which moved IoU-B by under 0.005 on three splits for about 1.1 s a placement, the time
+        # that placing every candidate needs (docs/results.md, "The consensus taken after placement").
         config = dataclasses.replace(config, prior_pitch_deg=camera_prior[0], prior_fov_deg=camera_prior[1],
-                                     prior_weight=camera_prior[2])
+                                     prior_weight=camera_prior[2], pitch_grid_deg=(camera_prior[0],),
+                                     fov_grid_deg=(camera_prior[1],), starts=1, refine_evals=0)
     camera = None
     if refine:
         camera, _ = solve_camera(meshes, masks, image_size, config)
         meshes = refine_poses(meshes, masks, camera)
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
+    return fit_depths(placement, masks, image) if refine else placement
+
+
+def _finish_placement(placement: Placement, instances: Sequence[InstanceMask], labels: dict[int, str], refine: bool,
+                      ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
+    """[Supported instances refitted] (only for the kept candidate: choosing among them does not need it, and it
+    costs about a quarter of a placement); instances without a surface stay empty and unplaced."""
+    from .placement import refine_supported
+
     if refine:
-        placement = refine_supported(fit_depths(placement, masks, image), masks)
+        placement = refine_supported(placement, [i.mask for i in instances])
+    empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None
         else GeneratedInstance(i.id, labels.get(i.id), placed.vertices, placed.faces, placed.transform)
