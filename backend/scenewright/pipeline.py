@@ -354,7 +354,6 @@ class ScenePipeline:
                                     for meshes in meshes_per_candidate]
 
         clock = time.perf_counter()
-        report("place", 0, 1)
         views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
