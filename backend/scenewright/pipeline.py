@@ -358,11 +358,11 @@ class ScenePipeline:
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
         # every candidate is placed; the placed scene that agrees most with the others is kept and finished
+        pixels = np.asarray(scene)
         placements = []
         for k, view in enumerate(views):
             report("place", k, len(views))
-            placements.append(_place(instances, view, np.asarray(scene), settings.scene_size_m, self.options.frame,
-                                     refine, prior))
+            placements.append(_place(instances, view, pixels, settings.scene_size_m, self.options.frame, refine, prior))
         kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements])
         generated, camera, supports = _finish_placement(placements[kept], instances, labels, refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
@@ -389,9 +389,8 @@ def _consensus_index(boxes: list[list[tuple[np.ndarray, np.ndarray] | None]]) ->
 
 
 def _placed_boxes(placement: Placement) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """`_normalised_boxes` of placed instances (their local vertices moved by their object matrices)."""
-    return _normalised_boxes([None if p is None else (p.vertices.astype(np.float64) @ p.transform[:3, :3].T
-                                                      + p.transform[:3, 3], p.faces) for p in placement.instances])
+    """`_normalised_boxes` of placed instances, where their object matrices put them."""
+    return _normalised_boxes([None if p is None else (p.world_vertices(), p.faces) for p in placement.instances])
 
 
 def _normalised_boxes(meshes: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:

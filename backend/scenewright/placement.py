@@ -101,6 +101,10 @@ class PlacedInstance:
     support: int | None  # id of the instance it rests on; None: the ground
     snap_m: float = 0.0  # vertical correction applied to make contact, metres
 
+    def world_vertices(self) -> np.ndarray:
+        """The vertices where the object matrix puts them (scene frame, float64)."""
+        return self.vertices.astype(np.float64) @ self.transform[:3, :3].T + self.transform[:3, 3]
+
 
 @dataclass
 class Placement:
@@ -426,7 +430,7 @@ def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
     meshes: list[Mesh | None] = [None] * len(all_masks)
     for k, placed in enumerate(placement.instances):
         if placed is not None and placed.support is not None:
-            meshes[k] = (_world_vertices(placed), placed.faces)
+            meshes[k] = (placed.world_vertices(), placed.faces)
             hidden[k] = hidden[k] & ~all_masks[index[placed.support]]
     if not any(m is not None for m in meshes):
         return placement
@@ -459,7 +463,7 @@ def fit_depths(placement: Placement, masks: Sequence[np.ndarray], image: np.ndar
     eye = camera.matrix_world[:3, 3]
     colours = np.asarray(image, np.float64).reshape(-1, 3)
     instances = list(placement.instances)
-    world = {k: _world_vertices(p) for k, p in enumerate(instances) if p is not None}
+    world = {k: p.world_vertices() for k, p in enumerate(instances) if p is not None}
     top_moved: dict[int, tuple[float, float]] = {}  # instance id -> its top's height before and after
     for k in sorted(world, key=lambda i: world[i][:, 2].min()):  # supports before what rests on them
         placed, vertices = instances[k], world[k]
@@ -552,10 +556,6 @@ def _fit_flat_top(vertices: np.ndarray, faces: np.ndarray, mask: np.ndarray, col
         if cost < best_cost:
             best, best_cost = (None if factor == 0.0 else candidate), cost
     return best
-
-
-def _world_vertices(placed: PlacedInstance) -> np.ndarray:
-    return placed.vertices.astype(np.float64) @ placed.transform[:3, :3].T + placed.transform[:3, 3]
 
 
 def _with_vertices(placed: PlacedInstance, world: np.ndarray) -> PlacedInstance:
