@@ -86,7 +86,7 @@ class RecipeConfig(ConfigMixin):
     cfg_drop: float = _setting(0.15, "share of scenes trained without conditions (classifier-free guidance)")
     single_fraction: float = _setting(0.25, "share of single-object batches, multi-instance attention off")
     # sampling settings of the exported model, chosen after training on the validation split (docs/training.md)
-    sample_steps: int = _setting(24, "the exported model's sampling steps")
+    sample_steps: int = _setting(12, "the exported model's sampling steps")
     guidance_scale: float = _setting(2.0, "the exported model's guidance scale")
     mesh_level: float = _setting(0.01, "the exported codec's marching-cubes level: a little outside the zero "
                                        "set keeps thin parts")
