@@ -88,3 +88,27 @@ def test_reference_benchmark_up_to_decoding_times_encode_and_denoise_only(golden
     assert set(ours) == {"encode", "denoise", "total", "runs"} and len(ours["runs"]) == 2
     assert all(run["encode"] > 0 and run["denoise"] > 0 and run["total"] >= run["encode"] + run["denoise"]
                for run in ours["runs"])
+
+
+def test_layout_benchmark_scores_the_shipped_models_boxes_before_placement(shared_dir, tmp_path, capsys):
+    """The generated boxes of two dev cases, two seeds: the shipped model's default sampling lays them out far
+    better than a single Euler step does (which leaves the layout half-denoised)."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("case_004", "case_005"):
+        (cases / name).symlink_to(shared_dir / "benchmark" / "dev" / name)
+    results = {}
+    for steps in (None, 1):
+        out = tmp_path / f"layout-{steps}.json"
+        argv = ["layout", str(cases), "--seeds", "0,1", "--json", str(out)]
+        argv += [] if steps is None else ["--steps", str(steps)]
+        assert main(argv) == 0
+        results[steps] = json.loads(out.read_text())
+    default = results[None]
+    assert default["steps"] == 12 and default["cases"] == 2 and default["instances"] == 4
+    assert len(default["iou_b_per_seed"]) == 2 and all(len(v) == 2 for v in default["per_case"].values())
+    assert min(default["iou_b_per_seed"]) > 0.2, default
+    assert results[1]["iou_b_mean"] < default["iou_b_mean"] - 0.1, (results[1]["iou_b_mean"], default["iou_b_mean"])
+    assert "IoU-B of the generated boxes" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="consecutive"):
+        main(["layout", str(cases), "--seeds", "0,2"])

@@ -293,6 +293,54 @@ class ScenePipeline:
 
         return self.decoder.meshes(latents, resolution or self.options.mesh_resolution, check_cancel)
 
+    def sample_candidates(
+        self,
+        scene: Image.Image,
+        instances: Sequence[InstanceMask],
+        settings: GenerationSettings,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[list[list[tuple[np.ndarray, np.ndarray] | None]], tuple[float, float] | None]:
+        """Encode, denoise and decode the request's candidate scenes (candidate k from seed + k, all denoised
+        together), before any placement: per candidate one mesh per instance in the view frame (None where it
+        has no surface), decimated to the request's face limit; and the model's camera estimate (pitch, fov),
+        if it has one. `timings` receives the seconds of each stage."""
+        report = progress or (lambda stage, step, total: None)
+        timings = {} if timings is None else timings
+        clock = time.perf_counter()
+        report("encode", 0, 1)
+        layout = self.attention_layout(settings)
+        masks = [m.mask for m in instances]
+        # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
+        rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
+        emb1, emb2 = self.encode_conditions(scene, rows)
+        camera_estimate = self.camera_estimator.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
+        synchronize(self.device)
+        timings["encode"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        guiders = self.guiders(settings, masks)
+        candidates = settings.candidates or self.options.candidates
+        latents = torch.cat([self.prepare_latents(len(rows), settings.seed + k) for k in range(candidates)])
+        steps = settings.steps or self.options.steps
+        latents = self.denoise(latents, emb1.repeat(candidates, 1, 1), None if emb2 is None else emb2.repeat(candidates, 1, 1),
+                               steps, guiders, layout, report, should_cancel, num_instances=len(instances))
+        latents = latents.view(candidates, len(rows), *latents.shape[1:])[:, : len(instances)]
+        synchronize(self.device)
+        timings["denoise"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        report("decode", 0, 1)
+        decoded = self.decode(latents.reshape(-1, *latents.shape[2:]), settings.mesh_resolution, should_cancel)
+        max_faces = settings.max_faces or self.options.max_faces
+        if max_faces:
+            decoded = [None if mesh is None else decimate(*mesh, max_faces) for mesh in decoded]
+        views = [[_to_view_frame(mesh, self.options.frame) for mesh in decoded[k * len(instances) : (k + 1) * len(instances)]]
+                 for k in range(candidates)]
+        timings["decode"] = time.perf_counter() - clock
+        return views, camera_estimate
+
     # ---- the whole job ------------------------------------------------------------------
 
     def generate(
@@ -316,45 +364,13 @@ class ScenePipeline:
         labels = dict(zip([i.id for i in instances], settings.labels or []))
         timings["preprocess"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        report("encode", 0, 1)
-        layout = self.attention_layout(settings)
-        masks = [m.mask for m in instances]
-        # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
-        rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
-        emb1, emb2 = self.encode_conditions(scene, rows)
-        camera_estimate = self.camera_estimator.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
-        synchronize(self.device)
-        timings["encode"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        guiders = self.guiders(settings, masks)
-        candidates = settings.candidates or self.options.candidates
-        # candidate k starts from seed + k; all of them are denoised together, one scene each
-        latents = torch.cat([self.prepare_latents(len(rows), settings.seed + k) for k in range(candidates)])
-        steps = settings.steps or self.options.steps
-        latents = self.denoise(latents, emb1.repeat(candidates, 1, 1), None if emb2 is None else emb2.repeat(candidates, 1, 1),
-                               steps, guiders, layout, report, should_cancel, num_instances=len(instances))
-        latents = latents.view(candidates, len(rows), *latents.shape[1:])[:, : len(instances)]
-        synchronize(self.device)
-        timings["denoise"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        report("decode", 0, 1)
-        decoded = self.decode(latents.reshape(-1, *latents.shape[2:]), settings.mesh_resolution, should_cancel)
-        meshes_per_candidate = [decoded[k * len(instances) : (k + 1) * len(instances)] for k in range(candidates)]
-        timings["decode"] = time.perf_counter() - clock
-        meshes_per_candidate = [m for m in meshes_per_candidate if any(mesh is not None for mesh in m)]
-        if not meshes_per_candidate:
+        views, camera_estimate = self.sample_candidates(scene, instances, settings, report, should_cancel, timings)
+        views = [v for v in views if any(mesh is not None for mesh in v)]
+        if not views:
             raise EmptyResult(f"none of the {len(instances)} instances came out with a surface; try another seed, more "
                               "steps or another guidance scale")
-        max_faces = settings.max_faces or self.options.max_faces
-        if max_faces:
-            meshes_per_candidate = [[None if m is None else decimate(*m, max_faces) for m in meshes]
-                                    for meshes in meshes_per_candidate]
 
         clock = time.perf_counter()
-        views = [[_to_view_frame(mesh, self.options.frame) for mesh in meshes] for meshes in meshes_per_candidate]
         refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
         # every candidate is placed; the placed scene that agrees most with the others is kept and finished

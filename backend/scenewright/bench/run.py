@@ -1,4 +1,4 @@
-"""`scenewright bench extraction|sampler|placement|reference|train-step`: print a table, optionally write the numbers as JSON."""
+"""`scenewright bench extraction|sampler|placement|layout|reference|train-step`: print a table, optionally write the numbers as JSON."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("placement", add_help=False,
                    help="camera solve, ground and contacts on benchmark cases with GT meshes "
                         "(options: scenewright bench placement --help)")
+    sub.add_parser("layout", add_help=False,
+                   help="the sampler's boxes before placement (IoU-B per seed) on benchmark cases "
+                        "(options: scenewright bench layout --help)")
     sub.add_parser("reference", add_help=False,
                    help="MIDI-3D's reference pipeline against ours, stage by stage "
                         "(options: scenewright bench reference --help)")
@@ -45,6 +48,10 @@ def main(argv: list[str]) -> int:
         from .placement import main as placement_main
 
         return placement_main(argv[1:])
+    if argv[:1] == ["layout"]:
+        from .layout import main as layout_main
+
+        return layout_main(argv[1:])
     if argv[:1] == ["reference"]:
         from .reference import main as reference_main
 
