@@ -83,6 +83,12 @@ def transform_mesh(mesh: Mesh, centre: np.ndarray, scale: float | np.ndarray) ->
     return (mesh[0] - centre) * scale, mesh[1]
 
 
+def normalise_scene(meshes: dict[int, Mesh]) -> dict[int, Mesh]:
+    """The meshes of one scene, its union's box centred and its longest side 2 (section 4's normalisation)."""
+    centre, scale = scene_normalisation(meshes.values())
+    return {k: transform_mesh(m, centre, scale) for k, m in meshes.items()}
+
+
 def object_normalise(mesh: Mesh) -> Mesh:
     """Min-max normalise each axis to [-0.95, 0.95] (a flat axis maps to 0)."""
     lo, hi = bounds(mesh)
@@ -237,13 +243,11 @@ def score_case(case: Case, pred: Prediction) -> dict[str, Any]:
     """Every metric of one case; per-instance values listed under "instances"."""
     gt = {inst.id: inst.mesh for inst in case.instances}
     meshes = {k: m for k, m in sorted(pred.meshes.items()) if not is_empty(m)}
-    gt_centre, gt_scale = scene_normalisation(gt.values())
-    gt_n = {k: transform_mesh(m, gt_centre, gt_scale) for k, m in gt.items()}
+    gt_n = normalise_scene(gt)
     gt_points = np.concatenate([sample_surface(m, NUM_SAMPLES, (SAMPLING_SEED, k, _SCENE)) for k, m in gt_n.items()])
 
     if meshes:
-        centre, scale = scene_normalisation(meshes.values())
-        pred_n = {k: transform_mesh(m, centre, scale) for k, m in meshes.items()}
+        pred_n = normalise_scene(meshes)
         pred_points = np.concatenate([sample_surface(m, NUM_SAMPLES, (SAMPLING_SEED, k, _SCENE)) for k, m in pred_n.items()])
         cd_s, f_s = aligned_scores(pred_points, gt_points)
     else:
