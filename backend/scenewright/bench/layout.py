@@ -50,8 +50,8 @@ def run_layout(cases_dir: str | Path, model: str = "default", seeds: tuple[int, 
     totals, instances_total = np.zeros(len(seeds)), 0
     for folder in tqdm(list_cases(cases_dir)[:limit], desc="layout", unit="case"):
         case = load_case(folder)
-        image = Image.open(folder / "image.png").convert("RGB")
-        instances = instances_from_seg(np.asarray(Image.open(folder / "seg.png")))
+        image = Image.open(case.image_path).convert("RGB")
+        instances = instances_from_seg(case.seg)
         with torch.no_grad():
             views, _ = pipe.sample_candidates(image, instances, settings)
         truth = normalised_boxes({i.id: i.mesh for i in case.instances})
