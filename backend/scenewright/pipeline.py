@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .config import ConfigMixin
+from .evaluation.metrics import bounds, box_iou, scene_normalisation
 from .guidance import ClassifierFreeGuidance, StepContext, TimiGuidance
 from .image_processing import build_conditions, mask_colours, resize_target, to_rgb_image
 from .models.dit import PLAIN, AttentionLayout
@@ -410,24 +411,19 @@ def _placed_boxes(placement: Placement) -> list[tuple[np.ndarray, np.ndarray] | 
 
 
 def _normalised_boxes(meshes: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """Each mesh's (low, high) corners with the scene's box centred and its longest side 2; None for empty meshes."""
-    present = [np.asarray(m[0], np.float64) for m in meshes if m is not None and len(m[0])]
+    """Each mesh's box in the benchmark's normalised scene frame (IoU-B's): the boxes of the vertices the faces use,
+    the scene's box centred and its longest side 2; None for an empty mesh."""
+    present = [m for m in meshes if m is not None and len(m[1])]
     if not present:
         return [None] * len(meshes)
-    stacked = np.concatenate(present)
-    low, high = stacked.min(axis=0), stacked.max(axis=0)
-    centre, scale = (low + high) / 2.0, 2.0 / max(float((high - low).max()), 1e-12)
-    return [None if m is None or not len(m[0]) else
-            ((np.asarray(m[0]).min(axis=0) - centre) * scale, (np.asarray(m[0]).max(axis=0) - centre) * scale)
+    centre, scale = scene_normalisation(present)
+    return [None if m is None or not len(m[1]) else tuple((corner - centre) * scale for corner in bounds(m))
             for m in meshes]
 
 
 def _box_iou(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None) -> float:
-    if a is None or b is None:
-        return 0.0
-    inter = float(np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0.0, None)))
-    union = float(np.prod(a[1] - a[0]) + np.prod(b[1] - b[0])) - inter
-    return inter / union if union > 0 else 0.0
+    """`box_iou`, with an empty instance agreeing with nothing."""
+    return 0.0 if a is None or b is None else box_iou(a, b)
 
 
 def has_scene_row(layout: AttentionLayout) -> bool:
