@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .config import ConfigMixin
-from .evaluation.metrics import bounds, box_iou, scene_normalisation
+from .evaluation.metrics import box_iou, normalised_boxes
 from .guidance import ClassifierFreeGuidance, StepContext, TimiGuidance
 from .image_processing import build_conditions, mask_colours, resize_target, to_rgb_image
 from .models.dit import PLAIN, AttentionLayout
@@ -411,14 +411,9 @@ def _placed_boxes(placement: Placement) -> list[tuple[np.ndarray, np.ndarray] | 
 
 
 def _normalised_boxes(meshes: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """Each mesh's box in the benchmark's normalised scene frame (IoU-B's): the boxes of the vertices the faces use,
-    the scene's box centred and its longest side 2; None for an empty mesh."""
-    present = [m for m in meshes if m is not None and len(m[1])]
-    if not present:
-        return [None] * len(meshes)
-    centre, scale = scene_normalisation(present)
-    return [None if m is None or not len(m[1]) else tuple((corner - centre) * scale for corner in bounds(m))
-            for m in meshes]
+    """`normalised_boxes` (IoU-B's boxes) of a scene's meshes in order, None where a mesh is missing or empty."""
+    boxes = normalised_boxes({k: m for k, m in enumerate(meshes) if m is not None})
+    return [boxes.get(k) for k in range(len(meshes))]
 
 
 def _box_iou(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None) -> float:

@@ -20,15 +20,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..evaluation.cases import list_cases, load_case
-from ..evaluation.metrics import bounds, box_iou, is_empty, normalise_scene
+from ..evaluation.metrics import box_iou, normalised_boxes
 from ..masks import instances_from_seg
 from ..protocol import GenerationSettings
-
-
-def normalised_boxes(meshes: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Each non-empty mesh's box with the scene (the union of those meshes) normalised as IoU-B is."""
-    meshes = {k: m for k, m in meshes.items() if not is_empty(m)}
-    return {k: bounds(m) for k, m in normalise_scene(meshes).items()} if meshes else {}
 
 
 def run_layout(cases_dir: str | Path, model: str = "default", seeds: tuple[int, ...] = (0, 1, 2),

@@ -89,6 +89,12 @@ def normalise_scene(meshes: dict[int, Mesh]) -> dict[int, Mesh]:
     return {k: transform_mesh(m, centre, scale) for k, m in meshes.items()}
 
 
+def normalised_boxes(meshes: dict[int, Mesh]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each non-empty mesh's box with the scene (the union of those meshes) normalised as IoU-B is."""
+    meshes = {k: m for k, m in meshes.items() if not is_empty(m)}
+    return {k: bounds(m) for k, m in normalise_scene(meshes).items()} if meshes else {}
+
+
 def object_normalise(mesh: Mesh) -> Mesh:
     """Min-max normalise each axis to [-0.95, 0.95] (a flat axis maps to 0)."""
     lo, hi = bounds(mesh)
