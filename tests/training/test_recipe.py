@@ -46,7 +46,12 @@ def _config(tmp_path: Path, **changes) -> RecipeConfig:
 EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight": 10.0, "camera_estimator": False}
 
 
-@pytest.mark.parametrize("attention, extras", [("multi_instance", {}), ("scene_context", {}), ("multi_instance", EXTRAS)])
+# a pose regression head beside the DiT: trained and checkpointed with it, not exported
+POSE_HEAD = {"pose_head_weight": 1.0}
+
+
+@pytest.mark.parametrize("attention, extras", [("multi_instance", {}), ("scene_context", {}), ("multi_instance", EXTRAS),
+                                               ("multi_instance", POSE_HEAD)])
 def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, attention, extras):
     run = tmp_path / "run"
     run.mkdir()
@@ -70,6 +75,17 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert ("camera_estimator" in index) == cfg.camera_estimator == (run / "camera" / "fit.json").is_file()
     if cfg.camera_estimator:
         assert exported["camera"]["scenes"] + exported["camera"]["holdout"] == CASES
+
+    logged = [json.loads(line) for line in (run / "codec-dit" / "log.jsonl").read_text().splitlines()]
+    assert logged and all(("loss_pose_head" in record) == (cfg.pose_head_weight > 0) for record in logged)
+    if cfg.pose_head_weight > 0:
+        import torch
+
+        from scenewright.training.train import latest_checkpoint
+
+        state = torch.load(latest_checkpoint(run / "codec-dit"), weights_only=False)
+        assert list(state["models"]) == ["transformer", "condition_encoder", "pose_head"]
+        assert not any("pose" in path.name for path in (tmp_path / "model").iterdir())
 
     pipe = ScenePipeline.from_pretrained(tmp_path / "model", device="cpu")
     assert (pipe.conditioner.camera_head is not None) == cfg.condition_extras

@@ -157,23 +157,47 @@ class MidiBatches:
         return fill_rows(emb1, rows_of, weight, len(x0)), fill_rows(emb2, rows_of, weight, len(x0)), x0.to(device), {}
 
 
+class PoseHead(nn.Module):
+    """Training only, never exported: regresses each row's pose token (the clean latent's first token) from the
+    condition encoder's outputs, the rows of a group (a scene's instances) attending to each other, since the
+    pose is in the scene's own frame. Its loss teaches the encoder the layout by plain regression, a signal
+    the denoiser's noisy targets blur (docs/results.md, "What limits IoU-B")."""
+
+    def __init__(self, global_dim: int, token_dim: int, pose_channels: int, width: int = 128, layers: int = 2):
+        super().__init__()
+        self.width, self.pose_channels = width, pose_channels
+        self.inputs = nn.Linear(global_dim + token_dim, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.outputs = nn.Linear(width, pose_channels)
+
+    def forward(self, emb1: torch.Tensor, emb2: torch.Tensor, group_size: int) -> torch.Tensor:
+        """emb1 (R, 1, global_dim), emb2 (R, L, token_dim), R a multiple of group_size -> (R, pose_channels)."""
+        x = self.inputs(torch.cat([emb1[:, 0], emb2.mean(dim=1)], dim=-1)).view(-1, group_size, self.width)
+        return self.outputs(self.blocks(x)).reshape(-1, self.pose_channels)
+
+
 class SceneBatches:
     """Conditions and targets of the default model: the condition encoder's inputs from scene shards,
     shape-codec latents; with probability `mirror` a scene is seen mirrored left-right (its image
     inputs flipped, its latents those of the mirrored objects). With a scene branch (I-Scene's
     scene-context training) each scene can get one more row after its instances: the whole scene
-    as one object (`data.scene_branch_example`), with its own latents. An encoder with a camera head
-    also learns each scene's camera (pitch, field of view; mean squared error of the standardised
-    values, times `camera_weight`): an auxiliary loss."""
+    as one object (`data.scene_branch_example`), with its own latents. Two auxiliary losses teach the
+    encoder: with a camera head, each scene's camera (pitch, field of view; mean squared error of the
+    standardised values, times `camera_weight`); with a `pose_head`, each row's pose token (mean squared
+    error, times `pose_head_weight`)."""
 
     def __init__(self, encoder: nn.Module, data: dict[str, np.ndarray], latents: torch.Tensor,
                  mirrored_latents: torch.Tensor, mirror: float, branch: dict[str, np.ndarray] | None = None,
                  branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None, camera_weight: float = 0.0,
-                 cpu_bf16: bool = False):
+                 cpu_bf16: bool = False, pose_head: PoseHead | None = None, pose_head_weight: float = 0.0):
+        # training-only modules come last: an export loads the others and skips them (train._load_trained)
         self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
+        if pose_head is not None:
+            self.modules["pose_head"] = pose_head
         self.data, self.latents, self.mirrored, self.mirror = data, latents, mirrored_latents, mirror
         self.branch, self.branch_latents = branch, branch_latents
-        self.camera_weight = camera_weight
+        self.camera_weight, self.pose_head_weight = camera_weight, pose_head_weight
         self.cpu_bf16 = cpu_bf16
         if encoder.camera_head is not None and "camera" not in data:
             raise ValueError("an encoder with a camera head needs each scene's camera in the shards: remake the "
@@ -223,6 +247,11 @@ class SceneBatches:
             scene_weight = torch.tensor([float(conditioned[k]) for k in encoded], device=device)
             error = (camera.float() - target).pow(2).mean(dim=1)
             extra["camera"] = self.camera_weight * (error * scene_weight).sum() / scene_weight.sum().clamp_min(1.0)
+        if "pose_head" in self.modules:  # the groups of a batch have one size
+            pose = self.modules["pose_head"](emb1.float(), emb2.float(), len(masks[encoded[0]]))
+            error = (pose - x0[rows_of, 0].to(device)).pow(2).mean(dim=1)
+            row_weight = weight.to(device)
+            extra["pose_head"] = self.pose_head_weight * (error * row_weight).sum() / row_weight.sum().clamp_min(1.0)
         emb1, emb2 = (fill_rows(e.float(), rows_of, weight, len(x0)) for e in (emb1, emb2))
         return emb1, emb2, x0.to(device), extra
 

@@ -79,6 +79,8 @@ class RecipeConfig(ConfigMixin):
                                              "dev (docs/results.md), so off")
     camera_weight: float = _setting(0.0, "with --condition-extras: the camera head's loss weight (pitch and fov, "
                                          "standardised), e.g. 0.2")
+    pose_head_weight: float = _setting(0.0, "loss weight of a pose regression head on the condition encoder, trained "
+                                            "beside the DiT and not exported (0: none; docs/results.md)")
     attention: str = _setting("multi_instance", "multi_instance, or scene_context: I-Scene's scene-context "
                                                 "attention with a scene branch")
     mi_blocks: int = _setting(3, "K: the DiT's middle blocks with multi-instance (or scene-context) attention "
@@ -294,6 +296,7 @@ def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
                        mi_blocks=blocks,
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, ema=cfg.ema,
                        mirror=cfg.mirror, pose_weight=cfg.pose_weight, camera_weight=cfg.camera_weight,
+                       pose_head_weight=cfg.pose_head_weight,
                        condition_extras=cfg.condition_extras,
                        attention=cfg.attention, cpu_bf16=cfg.cpu_bf16,
                        cfg_drop=cfg.cfg_drop, single_fraction=cfg.single_fraction,

@@ -38,7 +38,8 @@ from torch import nn
 from ..config import ConfigMixin
 from ..settings_cli import on_off
 from . import data as D
-from .objectives import BatchRandom, DiTObjective, MidiBatches, SceneBatches, VAEObjective, encode_means, standardize_latents
+from .objectives import (BatchRandom, DiTObjective, MidiBatches, PoseHead, SceneBatches, VAEObjective, encode_means,
+                         standardize_latents)
 
 STAGES = ("vae-data", "dit-data", "vae", "dit")
 CONFIG_FILE = "training_config.json"
@@ -89,6 +90,7 @@ class TrainConfig(ConfigMixin):
     pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
     condition_extras: bool = False  # codec-dit: the condition encoder's mask geometry, coordinates and camera head
     camera_weight: float = 0.0  # codec-dit: weight of the condition encoder's camera loss (with a camera head)
+    pose_head_weight: float = 0.0  # codec-dit: weight of a training-only pose regression head's loss (0: no head)
     attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
     cpu_bf16: bool = False  # codec-dit: the condition encoder in bf16 autocast on a CPU with native bf16 (faster)
     logit_mean: float = 0.0
@@ -350,8 +352,15 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
         if len(branch_latents[0]) != len(data["num_instances"]):
             raise SystemExit(f"{cfg.codec} holds scene-branch latents of {len(branch_latents[0])} scenes but "
                              f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
+    pose_head = None
+    if cfg.pose_head_weight > 0:
+        encoder = components["condition_encoder"].config
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            pose_head = PoseHead(encoder.global_dim, encoder.token_dim, latents.shape[-1]).to(device)
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
-                           camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device))
+                           camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device),
+                           pose_head=pose_head, pose_head_weight=cfg.pose_head_weight)
     weights = torch.ones(transformer.config.latent_positions)
     weights[0] = cfg.pose_weight
     objective = DiTObjective(transformer, batches, data["num_instances"], cfg.batch_size,
@@ -433,9 +442,13 @@ def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainCon
         raise SystemExit(f"no checkpoint in {stage_dir}/checkpoints: train that stage first")
     cfg = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    params = [p for name in state["models"] for p in components[name].parameters()]
-    for name, module in state["models"].items():
-        components[name].load_state_dict(module)
+    # training-only modules (a pose head) are not part of the model; they come last, after every exported one
+    names = [name for name in state["models"] if name in components]
+    if list(state["models"])[: len(names)] != names:
+        raise SystemExit(f"{checkpoint}: training-only modules must come after the model's own")
+    params = [p for name in names for p in components[name].parameters()]
+    for name in names:
+        components[name].load_state_dict(state["models"][name])
     if state["ema"] is not None:
         with torch.no_grad():
             for param, value in zip(params, state["ema"]):
