@@ -104,6 +104,10 @@ _REGISTRY: dict[str, _Kind] = {
         "scenewright.models.camera_estimator", "CameraEstimatorConfig", "CameraEstimator", "config.json",
         "diffusion_pytorch_model.safetensors",
     ),
+    "PoseHead": _Kind(
+        "scenewright.models.pose_head", "PoseHeadConfig", "PoseHead", "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ),
     "CLIPImageProcessor": _Kind(
         "scenewright.image_processing", "ImageProcessorConfig", None, "preprocessor_config.json"
     ),

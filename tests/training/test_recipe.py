@@ -46,7 +46,7 @@ def _config(tmp_path: Path, **changes) -> RecipeConfig:
 EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight": 10.0, "camera_estimator": False}
 
 
-# a pose regression head beside the DiT: trained and checkpointed with it, not exported
+# a pose regression head beside the DiT: trained and checkpointed with it, exported with its EMA weights
 POSE_HEAD = {"pose_head_weight": 1.0}
 
 
@@ -85,9 +85,12 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
 
         state = torch.load(latest_checkpoint(run / "codec-dit"), weights_only=False)
         assert list(state["models"]) == ["transformer", "condition_encoder", "pose_head"]
-        assert not any("pose" in path.name for path in (tmp_path / "model").iterdir())
 
     pipe = ScenePipeline.from_pretrained(tmp_path / "model", device="cpu")
+    assert (pipe.pose_head is not None) == (cfg.pose_head_weight > 0)
+    if pipe.pose_head is not None:  # the EMA entries are the parameters' in order: the head's come last
+        head = list(pipe.pose_head.parameters())
+        assert all(torch.allclose(p.float(), v.float(), atol=2e-4) for p, v in zip(head, state["ema"][-len(head):]))
     assert (pipe.conditioner.camera_head is not None) == cfg.condition_extras
     assert (type(pipe.camera_estimator).__name__ == "CameraEstimator") == cfg.camera_estimator
     case = rendered / "case_000001"

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..image_processing import ImageProcessorConfig
 from ..models.dit import PLAIN, AttentionLayout, TripoSGDiTModel
+from ..models.pose_head import PoseHead
 from ..models.vae import TripoSGVAEModel
 from .data import conditions, scene_rows
 
@@ -157,26 +158,6 @@ class MidiBatches:
         return fill_rows(emb1, rows_of, weight, len(x0)), fill_rows(emb2, rows_of, weight, len(x0)), x0.to(device), {}
 
 
-class PoseHead(nn.Module):
-    """Training only, never exported: regresses each row's pose token (the clean latent's first token) from the
-    condition encoder's outputs, the rows of a group (a scene's instances) attending to each other, since the
-    pose is in the scene's own frame. Its loss teaches the encoder the layout by plain regression, a signal
-    the denoiser's noisy targets blur (docs/results.md, "What limits IoU-B")."""
-
-    def __init__(self, global_dim: int, token_dim: int, pose_channels: int, width: int = 128, layers: int = 2):
-        super().__init__()
-        self.width, self.pose_channels = width, pose_channels
-        self.inputs = nn.Linear(global_dim + token_dim, width)
-        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.outputs = nn.Linear(width, pose_channels)
-
-    def forward(self, emb1: torch.Tensor, emb2: torch.Tensor, group_size: int) -> torch.Tensor:
-        """emb1 (R, 1, global_dim), emb2 (R, L, token_dim), R a multiple of group_size -> (R, pose_channels)."""
-        x = self.inputs(torch.cat([emb1[:, 0], emb2.mean(dim=1)], dim=-1)).view(-1, group_size, self.width)
-        return self.outputs(self.blocks(x)).reshape(-1, self.pose_channels)
-
-
 class SceneBatches:
     """Conditions and targets of the default model: the condition encoder's inputs from scene shards,
     shape-codec latents; with probability `mirror` a scene is seen mirrored left-right (its image
@@ -191,7 +172,6 @@ class SceneBatches:
                  mirrored_latents: torch.Tensor, mirror: float, branch: dict[str, np.ndarray] | None = None,
                  branch_latents: tuple[torch.Tensor, torch.Tensor] | None = None, camera_weight: float = 0.0,
                  cpu_bf16: bool = False, pose_head: PoseHead | None = None, pose_head_weight: float = 0.0):
-        # training-only modules come last: an export loads the others and skips them (train._load_trained)
         self.modules: dict[str, nn.Module] = {"condition_encoder": encoder}
         if pose_head is not None:
             self.modules["pose_head"] = pose_head

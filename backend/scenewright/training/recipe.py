@@ -80,7 +80,7 @@ class RecipeConfig(ConfigMixin):
     camera_weight: float = _setting(0.0, "with --condition-extras: the camera head's loss weight (pitch and fov, "
                                          "standardised), e.g. 0.2")
     pose_head_weight: float = _setting(0.0, "loss weight of a pose regression head on the condition encoder, trained "
-                                            "beside the DiT and not exported (0: none; docs/results.md)")
+                                            "beside the DiT and exported with it (0: none; docs/results.md)")
     attention: str = _setting("multi_instance", "multi_instance, or scene_context: I-Scene's scene-context "
                                                 "attention with a scene branch")
     mi_blocks: int = _setting(3, "K: the DiT's middle blocks with multi-instance (or scene-context) attention "

@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigMixin
+from ..models.pose_head import PoseHead, PoseHeadConfig
 from ..settings_cli import on_off
 from . import data as D
-from .objectives import (BatchRandom, DiTObjective, MidiBatches, PoseHead, SceneBatches, VAEObjective, encode_means,
+from .objectives import (BatchRandom, DiTObjective, MidiBatches, SceneBatches, VAEObjective, encode_means,
                          standardize_latents)
 
 STAGES = ("vae-data", "dit-data", "vae", "dit")
@@ -90,7 +91,7 @@ class TrainConfig(ConfigMixin):
     pose_weight: float = 1.0  # codec-dit: loss weight of the pose token relative to a shape token
     condition_extras: bool = False  # codec-dit: the condition encoder's mask geometry, coordinates and camera head
     camera_weight: float = 0.0  # codec-dit: weight of the condition encoder's camera loss (with a camera head)
-    pose_head_weight: float = 0.0  # codec-dit: weight of a training-only pose regression head's loss (0: no head)
+    pose_head_weight: float = 0.0  # codec-dit: weight of a pose regression head's loss (0: no head)
     attention: str = "multi_instance"  # codec-dit: layout of mi_blocks, or "scene_context" (I-Scene, a scene branch)
     cpu_bf16: bool = False  # codec-dit: the condition encoder in bf16 autocast on a CPU with native bf16 (faster)
     logit_mean: float = 0.0
@@ -357,7 +358,7 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
         encoder = components["condition_encoder"].config
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
-            pose_head = PoseHead(encoder.global_dim, encoder.token_dim, latents.shape[-1]).to(device)
+            pose_head = PoseHead(PoseHeadConfig(encoder.global_dim, encoder.token_dim, latents.shape[-1])).to(device)
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
                            camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device),
                            pose_head=pose_head, pose_head_weight=cfg.pose_head_weight)
@@ -442,10 +443,10 @@ def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainCon
         raise SystemExit(f"no checkpoint in {stage_dir}/checkpoints: train that stage first")
     cfg = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    # training-only modules (a pose head) are not part of the model; they come last, after every exported one
-    names = [name for name in state["models"] if name in components]
-    if list(state["models"])[: len(names)] != names:
-        raise SystemExit(f"{checkpoint}: training-only modules must come after the model's own")
+    names = list(state["models"])
+    missing = [name for name in names if name not in components]
+    if missing:
+        raise SystemExit(f"{checkpoint}: the model has no place for its modules {missing}")
     params = [p for name in names for p in components[name].parameters()]
     for name in names:
         components[name].load_state_dict(state["models"][name])
@@ -474,6 +475,10 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     trained = TrainConfig.from_dict(json.loads((stage_dir / CONFIG_FILE).read_text()))
     codec = load_component(trained.codec)
     components = build_codec_model(codec_model_preset(codec.config, trained.condition_extras))
+    if trained.pose_head_weight > 0:
+        encoder = components["condition_encoder"].config
+        channels = components["transformer"].config.in_channels
+        components["pose_head"] = PoseHead(PoseHeadConfig(encoder.global_dim, encoder.token_dim, channels))
     cfg, step = _load_trained(stage_dir, components)
     steps, guidance, camera_prior_weight, candidates = cfg.sample_steps, cfg.guidance_scale, 0.0, 1
     if recipe is not None:
@@ -488,8 +493,9 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
                               mesh_resolution=codec.config.grid_resolution, refine_poses=True,
                               max_faces=DEFAULT_MAX_FACES, attention=cfg.attention,
                               camera_prior_weight=camera_prior_weight, candidates=candidates)
-    for name in ("transformer", "condition_encoder", "shape_codec"):
-        components[name].to(EXPORT_DTYPE)
+    for name in ("transformer", "condition_encoder", "shape_codec", "pose_head"):
+        if name in components:
+            components[name].to(EXPORT_DTYPE)
     folder = Path(folder)
     shared = {}
     if share_codec_with is not None:

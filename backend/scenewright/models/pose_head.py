@@ -1,0 +1,46 @@
+"""A pose head: each instance's pose token regressed from the condition encoder's outputs.
+
+Trained beside the DiT on the same encoder (`--pose-head-weight`), its loss
+teaches the encoder the layout by plain regression, a signal the denoiser's
+noisy targets blur. At inference its pose and the sampler's err differently, so
+the pipeline averages them (`pose_head_blend` in model_index.json): the mean of
+the two makes better boxes than either (docs/results.md, "What limits IoU-B").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ConfigMixin
+
+
+@dataclass
+class PoseHeadConfig(ConfigMixin):
+    global_dim: int = 128  # the condition encoder's global embedding (emb1)
+    token_dim: int = 128  # its tokens (emb2), averaged per instance
+    pose_channels: int = 8  # the latent's first token: the pose numbers
+    width: int = 128
+    layers: int = 2  # transformer layers over a scene's instances: the pose is in the scene's own frame
+
+
+class PoseHead(nn.Module):
+    """emb1 (R, 1, global_dim), emb2 (R, L, token_dim), R a multiple of the group size (a scene's instances)
+    -> (R, pose_channels)."""
+
+    def __init__(self, config: PoseHeadConfig):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.inputs = nn.Linear(config.global_dim + config.token_dim, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.outputs = nn.Linear(width, config.pose_channels)
+
+    def forward(self, emb1: torch.Tensor, emb2: torch.Tensor, group_size: int) -> torch.Tensor:
+        dtype = self.inputs.weight.dtype
+        x = torch.cat([emb1[:, 0], emb2.mean(dim=1)], dim=-1).to(dtype)
+        x = self.inputs(x).view(-1, group_size, self.config.width)
+        return self.outputs(self.blocks(x)).reshape(-1, self.config.pose_channels)
