@@ -355,10 +355,9 @@ def _codec_dit_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
                              f"{cfg.data} has {len(data['num_instances'])}: remake the branch stage")
     pose_head = None
     if cfg.pose_head_weight > 0:
-        encoder = components["condition_encoder"].config
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
-            pose_head = PoseHead(PoseHeadConfig(encoder.global_dim, encoder.token_dim, latents.shape[-1])).to(device)
+            pose_head = _pose_head(components).to(device)
     batches = SceneBatches(components["condition_encoder"], data, latents, mirrored, cfg.mirror, branch, branch_latents,
                            camera_weight=cfg.camera_weight, cpu_bf16=cfg.cpu_bf16 and _native_cpu_bf16(device),
                            pose_head=pose_head, pose_head_weight=cfg.pose_head_weight)
@@ -436,6 +435,12 @@ def export_model(run: str | Path, folder: str | Path) -> Path:
     return folder
 
 
+def _pose_head(components: dict[str, Any]) -> PoseHead:
+    """A pose head sized for a codec model's condition encoder and latent tokens."""
+    encoder = components["condition_encoder"].config
+    return PoseHead(PoseHeadConfig(encoder.global_dim, encoder.token_dim, components["transformer"].config.in_channels))
+
+
 def _load_trained(stage_dir: Path, components: dict[str, Any]) -> tuple[TrainConfig, int]:
     """The latest checkpoint of a DiT stage into `components` (EMA weights when on); (its config, its step)."""
     checkpoint = latest_checkpoint(stage_dir)
@@ -476,9 +481,7 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     codec = load_component(trained.codec)
     components = build_codec_model(codec_model_preset(codec.config, trained.condition_extras))
     if trained.pose_head_weight > 0:
-        encoder = components["condition_encoder"].config
-        channels = components["transformer"].config.in_channels
-        components["pose_head"] = PoseHead(PoseHeadConfig(encoder.global_dim, encoder.token_dim, channels))
+        components["pose_head"] = _pose_head(components)
     cfg, step = _load_trained(stage_dir, components)
     steps, guidance, camera_prior_weight, candidates = cfg.sample_steps, cfg.guidance_scale, 0.0, 1
     if recipe is not None:
