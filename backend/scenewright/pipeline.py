@@ -398,7 +398,7 @@ class ScenePipeline:
         # the silhouette fits: 1.51 s to 1.15 s for three candidates on two cores, docs/performance.md); the
         # placed scene that agrees most with the others is kept and finished
         pixels = np.asarray(scene)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(views), os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(views), os.cpu_count() or 1)) as pool:  # views: never empty here
             pending = [pool.submit(_place, instances, view, pixels, settings.scene_size_m, self.options.frame, refine,
                                    prior) for view in views]
             placements = []
