@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scenewright.data.generate import case_name, main
@@ -66,3 +67,21 @@ def test_a_failing_case_is_reported_and_the_others_finish(tmp_path: Path, capsys
     (out / case_name(1)).unlink()
     assert main(args) == 0  # the next run retries it
     assert json.loads((out / "INDEX.json").read_text())["n_cases"] == 2
+
+
+def test_varied_props_reach_the_workers(tmp_path: Path) -> None:
+    from scenewright.data.generate import case_seed
+    from scenewright.data.scenes import VARIED_PROPS, sample_scene
+
+    out = tmp_path / "data"
+    assert main(["--out", str(out), *ARGS[:1], "1", *ARGS[2:], "--props", "varied"]) == 0
+    scene = json.loads((out / case_name(0) / "scene.json").read_text())
+    assert scene["index_entry"]["props"] == "varied"
+    seed = case_seed(5, 0, scene["index_entry"]["attempt"])
+    varied, plain = sample_scene(seed, 48, props=VARIED_PROPS), sample_scene(seed, 48)
+
+    def matrices(s):
+        return [np.round(o.matrix_world, 6).tolist() for o in s.objects]
+
+    assert matrices(varied) != matrices(plain)  # this case tells the two rules apart
+    assert all(np.round(i["matrix_world"], 6).tolist() in matrices(varied) for i in scene["instances"])

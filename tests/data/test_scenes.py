@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from scenewright.camera import render_silhouettes
-from scenewright.data.scenes import ELEVATION_DEG, FILL, FOV_DEG, MAX_OBJECTS, sample_scene
-from scenewright.data.shapes import inside
+from scenewright.data.scenes import ELEVATION_DEG, FILL, FOV_DEG, MAX_OBJECTS, PROP_RULES, VARIED_PROPS, sample_scene
+from scenewright.data.shapes import PRIMITIVES, inside
 
 SEEDS = range(24)
 
 
-@pytest.fixture(scope="module")
-def scenes():
-    return [sample_scene(seed, resolution=128) for seed in SEEDS]
+@pytest.fixture(scope="module", params=sorted(PROP_RULES))
+def scenes(request):
+    return [sample_scene(seed, resolution=128, props=PROP_RULES[request.param]) for seed in SEEDS]
 
 
 def test_same_seed_same_scene() -> None:
@@ -46,11 +47,11 @@ def test_objects_rest_on_ground_or_support(scenes) -> None:
                 assert abs(mesh.bounds[0, 2] - scene.ground_z) < 1e-3
                 continue
             base = scene.objects[obj.support]
-            top_z = base.world_mesh().bounds[1, 2]
-            assert abs(mesh.bounds[0, 2] - top_z) < 1e-3, (scene.seed, obj.label, base.label)
-            # every vertex lies over the support's top rectangle
-            local = (np.c_[mesh.vertices, np.ones(len(mesh.vertices))] @ np.linalg.inv(base.matrix_world).T)[:, :3]
             top = base.top
+            # on the support's top surface (a bed's mattress lies below its headboard), over its top rectangle
+            local = (np.c_[mesh.vertices, np.ones(len(mesh.vertices))] @ np.linalg.inv(base.matrix_world).T)[:, :3]
+            assert abs(local[:, 2].min() - top.z) < 1e-3, (scene.seed, obj.label, base.label)
+            assert top.z <= base.mesh.bounds[1, 2] + 1e-9
             assert (np.abs(local[:, 0] - top.center_x) <= top.half_x + 1e-6).all()
             assert (np.abs(local[:, 1] - top.center_y) <= top.half_y + 1e-6).all()
 
@@ -100,3 +101,16 @@ def test_hard_scenes_are_the_harder_arrangements_with_full_camera_ranges():
     plain = sample_scene(3, resolution=64)
     again = sample_scene(3, resolution=64, hard=False)
     assert plain.style == again.style and np.array_equal(plain.camera.matrix_world, again.camera.matrix_world)
+
+
+def test_varied_props_rest_on_beds_and_small_hosts_too_and_are_smaller():
+    def hosts(scenes):
+        return Counter(s.objects[o.support].label for s in scenes for o in s.objects if o.support is not None)
+
+    def largest_primitive_prop(scenes):
+        return max(max(o.mesh.extents) for s in scenes for o in s.objects if o.support is not None and o.label in PRIMITIVES)
+
+    plain = [sample_scene(seed, resolution=64) for seed in SEEDS]
+    varied = [sample_scene(seed, resolution=64, props=VARIED_PROPS) for seed in SEEDS]
+    assert hosts(plain)["bed"] == 0 and hosts(varied)["bed"] > 0
+    assert largest_primitive_prop(varied) <= VARIED_PROPS.prop_size[1] + 1e-9 < largest_primitive_prop(plain)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .scenes import PROP_RULES, sample_scene
+
 INDEX_FORMAT = "scene-case-index/1"
 GENERATOR = "scenewright-make-data/1"
 MAX_ATTEMPTS = 20
@@ -39,21 +41,20 @@ def case_seed(seed: int, index: int, attempt: int = 0) -> int:
 
 
 def make_case(out: Path, seed: int, index: int, resolution: int, samples: int, threads: int, split: str,
-              hard: bool = False) -> dict:
+              hard: bool = False, props: str = "default") -> dict:
     """Render case `index` into a temporary folder, then rename it into place; returns its INDEX entry."""
     from . import render  # bpy: imported in worker processes only
-    from .scenes import sample_scene
 
     final = out / case_name(index)
     tmp = out / f"{_TMP_PREFIX}{case_name(index)}_{os.getpid()}"
     for attempt in range(MAX_ATTEMPTS):
         shutil.rmtree(tmp, ignore_errors=True)
-        scene = sample_scene(case_seed(seed, index, attempt), resolution, hard=hard)
+        scene = sample_scene(case_seed(seed, index, attempt), resolution, hard=hard, props=PROP_RULES[props])
         try:
             entry = render.render_case(scene, tmp, samples, threads)
         except render.SceneRejected:
             continue
-        entry = {"case": final.name, "split": split, **entry, "attempt": attempt}
+        entry = {"case": final.name, "split": split, **entry, "attempt": attempt, "props": props}
         meta_path = tmp / "scene.json"
         case = json.loads(meta_path.read_text())
         case["split"] = split
@@ -124,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="split name written into scene.json and INDEX.json")
     p.add_argument("--hard", action="store_true", help="only the protocol's harder arrangements (clusters, stacked "
                    "props, occluding rows) with cameras from its full ranges: a hard held-out split")
+    p.add_argument("--props", choices=sorted(PROP_RULES), default="default",
+                   help="what props rest on and their sizes: default (the default model's training scenes), or "
+                   "varied (on beds, boxes and cylinders too, and smaller: the pose head's extra scenes)")
     return p
 
 
@@ -139,7 +143,8 @@ def main(argv: list[str]) -> int:
     todo = pending_cases(out, args.count, args.start)
     done = args.count - len(todo)
     print(f"make-data: {done} of {args.count} cases already done, {len(todo)} to render", file=sys.stderr)
-    jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split, args.hard) for i in todo]
+    jobs = [(out, args.seed, i, args.resolution, args.samples, args.threads, args.split, args.hard, args.props)
+            for i in todo]
     start = time.perf_counter()
     failed: list[tuple[int, str]] = []
     if jobs:

@@ -36,10 +36,28 @@ _STYLE_WEIGHTS = (0.23, 0.2, 0.14, 0.12, 0.08, 0.1, 0.05, 0.08)
 _GROUND_LABELS = ("table", "box", "cylinder", "cabinet", "sphere", "stool", "chair", "sofa", "cone", "capsule",
                   "wedge", "lamp", "shelf", "bed", "torus")
 _GROUND_WEIGHTS = (12, 10, 8, 7, 7, 6, 3, 5, 4, 3, 5, 4, 3, 3, 2)
-_SUPPORTS = ("table", "cabinet", "shelf", "stool")
 _PROP_LABELS = ("box", "cylinder", "sphere", "cone", "capsule", "torus", "wedge", "lamp", "monitor-on-stand")
 _PROP_WEIGHTS = (10, 8, 6, 4, 3, 3, 4, 4, 6)
 _GAP = 0.03  # minimum clearance between ground footprints, metres
+
+
+@dataclass(frozen=True)
+class PropRules:
+    """What props rest on, and how big they are: the one place where this generator's variants differ."""
+
+    supports: tuple[str, ...]  # ground objects made to hold props (the support style stands one or two up)
+    other_host_weight: float  # any other object with a top hosts a prop this often against a support;
+    # 0: only when the scene has no support or stacked prop
+    prop_size: tuple[float, float]  # longest side of a primitive prop, metres
+    never_hosts: tuple[str, ...] = ()  # objects whose top holds nothing
+
+
+# The default scenes (the shipped model's training data): props on tables, cabinets, shelves and stools.
+DEFAULT_PROPS = PropRules(("table", "cabinet", "shelf", "stool"), 0.0, PROP_SIZE, never_hosts=("bed",))
+# Closer to the benchmark's other generators: props on beds too, on boxes and cylinders a third as often as on a
+# support, and smaller (docs/results.md, "What limits IoU-B"): the pose head's extra training scenes.
+VARIED_PROPS = PropRules(("table", "cabinet", "shelf", "stool", "bed"), 1 / 3, (0.08, 0.32))
+PROP_RULES = {"default": DEFAULT_PROPS, "varied": VARIED_PROPS}
 
 
 @dataclass
@@ -120,8 +138,9 @@ def _rects_overlap(a: np.ndarray, b: np.ndarray, gap: float) -> bool:
 class _Layout:
     """Objects being placed in the layout frame, with the checks that keep them apart."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, props: PropRules = DEFAULT_PROPS):
         self.rng = rng
+        self.props = props
         self.objects: list[SceneObject] = []
 
     def _color(self) -> tuple[float, float, float]:
@@ -199,7 +218,7 @@ def _ground_shape(rng: np.random.Generator, label: str | None = None) -> Shape:
     return make_shape(label, rng, size)
 
 
-def _prop_shape(rng: np.random.Generator, top: SupportTop) -> Shape:
+def _prop_shape(rng: np.random.Generator, top: SupportTop, prop_size: tuple[float, float]) -> Shape:
     label = _pick(rng, _PROP_LABELS, _PROP_WEIGHTS)
     room = 2 * min(top.half_x, top.half_y)
     if label == "lamp":
@@ -208,7 +227,7 @@ def _prop_shape(rng: np.random.Generator, top: SupportTop) -> Shape:
         return make_shape(label, rng)
     if label not in PRIMITIVES:  # a monitor without room for it
         label = "box"
-    size = float(rng.uniform(PROP_SIZE[0], min(PROP_SIZE[1], max(PROP_SIZE[0], room * 0.9))))
+    size = float(rng.uniform(prop_size[0], min(prop_size[1], max(prop_size[0], room * 0.9))))
     return make_shape(label, rng, size)
 
 
@@ -220,17 +239,23 @@ def _yaw(rng: np.random.Generator, aligned: bool) -> float:
 
 
 def _add_props(lay: _Layout, count: int, stack: bool = False) -> None:
-    rng = lay.rng
+    rng, rules = lay.rng, lay.props
     for _ in range(count * 3):
         if count <= 0 or len(lay.objects) >= MAX_OBJECTS:
             return
-        hosts = [i for i, o in enumerate(lay.objects) if o.top is not None and (o.support is None or stack)]
-        big = [i for i in hosts if lay.objects[i].label in _SUPPORTS or lay.objects[i].support is not None]
-        hosts = big or hosts
+        hosts = [i for i, o in enumerate(lay.objects)
+                 if o.top is not None and o.label not in rules.never_hosts and (o.support is None or stack)]
+        big = [i for i in hosts if lay.objects[i].label in rules.supports or lay.objects[i].support is not None]
+        if rules.other_host_weight == 0:
+            hosts = big or hosts
         if not hosts:
             return
-        host = int(rng.choice(hosts))
-        if lay.place_on(_prop_shape(rng, lay.objects[host].top), host) is not None:
+        if rules.other_host_weight == 0:
+            host = int(rng.choice(hosts))
+        else:
+            weights = np.array([1.0 if i in big else rules.other_host_weight for i in hosts])
+            host = int(rng.choice(hosts, p=weights / weights.sum()))
+        if lay.place_on(_prop_shape(rng, lay.objects[host].top, rules.prop_size), host) is not None:
             count -= 1
 
 
@@ -387,12 +412,14 @@ def _lighting(rng: np.random.Generator) -> Lighting:
 HARD_STYLES, _HARD_WEIGHTS = ("cluster", "support", "front_behind"), (0.4, 0.35, 0.25)
 
 
-def sample_scene(seed: int, resolution: int = 512, hard: bool = False) -> SceneDescription:
-    """A random blockout scene, the same for the same seed. `hard`: only the harder arrangements (clusters,
-    supports with props stacked on props, occluding rows) and cameras drawn from the protocol's full ranges."""
+def sample_scene(seed: int, resolution: int = 512, hard: bool = False, props: PropRules = DEFAULT_PROPS
+                 ) -> SceneDescription:
+    """A random blockout scene, the same for the same seed and rules. `hard`: only the harder arrangements
+    (clusters, supports with props stacked on props, occluding rows) and cameras drawn from the protocol's full
+    ranges. `props`: what props rest on and their sizes."""
     rng = np.random.default_rng(seed)
     style = _pick(rng, HARD_STYLES, _HARD_WEIGHTS) if hard else _pick(rng, STYLES, _STYLE_WEIGHTS)
-    lay = _Layout(rng)
+    lay = _Layout(rng, props)
     n_ground = int(rng.choice((1, 1, 2, 2, 2, 2, 3, 3, 4, 5, 6)))
     tags = {style}
     if style in ("front_behind", "side_by_side"):
@@ -413,7 +440,7 @@ def sample_scene(seed: int, resolution: int = 512, hard: bool = False) -> SceneD
         tags |= {"symmetric", "front_behind"}
     else:  # support: one or two hosts, with props, and maybe neighbours
         for _ in range(int(rng.integers(1, 3))):
-            lay.place_ground(_ground_shape(rng, str(rng.choice(_SUPPORTS))), rng.normal(0, 0.3), rng.normal(0, 0.3),
+            lay.place_ground(_ground_shape(rng, str(rng.choice(props.supports))), rng.normal(0, 0.3), rng.normal(0, 0.3),
                              _yaw(rng, True))
         _style_row(lay, int(rng.integers(0, 3)), depth=bool(rng.random() < 0.5))
     if len(lay.objects) < 2:  # every scene has at least two objects

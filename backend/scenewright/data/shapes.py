@@ -317,7 +317,10 @@ def bed(rng: np.random.Generator) -> Shape:
     for k in range(n_pillows):
         x = -(w - 0.1) / 2 + pw * (k + 0.5)
         parts.append(_box(pw - 0.06, 0.35, 0.1, x=x, y=length / 2 - head_t - 0.25, z0=feet + frame_h + mattress_h))
-    return Shape("bed", _union(parts))
+    # the mattress between the footboard's place and the pillows (the default scenes put nothing on it: PropRules)
+    y_lo, y_hi = -length / 2 + head_t + 0.03, length / 2 - head_t - 0.45
+    top = SupportTop(feet + frame_h + mattress_h, (w - 0.04) / 2 - 0.03, (y_hi - y_lo) / 2, center_y=(y_lo + y_hi) / 2)
+    return Shape("bed", _union(parts), top)
 
 
 def lamp(rng: np.random.Generator, height: float | None = None) -> Shape:
