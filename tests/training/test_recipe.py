@@ -39,7 +39,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(tmp_path: Path, **changes) -> RecipeConfig:
     return RecipeConfig(cases=CASES, workers=1, shard_size=5, fit_objects=40, grid_resolution=16, num_components=16,
                         steps=4, batch_size=6, warmup=2, checkpoint_every=2, threads=1, export=str(tmp_path / "model"),
-                        camera_steps=3, evaluate=False, **changes)
+                        camera_steps=3, evaluate=False, **{"pose_head_scenes": 0, **changes})
 
 
 # the condition encoder's extras with its camera head as the only camera estimate
@@ -48,15 +48,19 @@ EXTRAS = {"condition_extras": True, "camera_weight": 0.2, "camera_prior_weight":
 
 # a pose regression head beside the DiT: trained and checkpointed with it, exported with its EMA weights
 POSE_HEAD = {"pose_head_weight": 1.0}
+# a pose head after the DiT, on its frozen encoder, with 6 extra scenes (found rendered, as the DiT's)
+FROZEN_POSE_HEAD = {"pose_head_scenes": 6, "pose_head_steps": 5, "pose_head_blend": 0.4}
 
 
 @pytest.mark.parametrize("attention, extras", [("multi_instance", {}), ("scene_context", {}), ("multi_instance", EXTRAS),
-                                               ("multi_instance", POSE_HEAD)])
+                                               ("multi_instance", POSE_HEAD), ("multi_instance", FROZEN_POSE_HEAD)])
 def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, attention, extras):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(rendered, run / "cases")
     cfg = _config(tmp_path, attention=attention, **extras)
+    if cfg.pose_head_scenes:
+        shutil.copytree(rendered, run / "pose-head" / "cases")
     assert run_recipe(run, cfg) == 0
 
     assert len(list((run / "data").glob("scene-*.npz"))) == 3  # 12 cases in shards of 5
@@ -86,9 +90,13 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
         state = torch.load(latest_checkpoint(run / "codec-dit"), weights_only=False)
         assert list(state["models"]) == ["transformer", "condition_encoder", "pose_head"]
 
+    assert ("pose_head" in index) == (cfg.pose_head_weight > 0 or cfg.pose_head_scenes > 0)
+    if cfg.pose_head_scenes:
+        _check_frozen_pose_head(run, tmp_path / "model", cfg)
+
     pipe = ScenePipeline.from_pretrained(tmp_path / "model", device="cpu")
-    assert (pipe.pose_head is not None) == (cfg.pose_head_weight > 0)
-    if pipe.pose_head is not None:  # the EMA entries are the parameters' in order: the head's come last
+    assert (pipe.pose_head is not None) == ("pose_head" in index)
+    if cfg.pose_head_weight > 0:  # the EMA entries are the parameters' in order: the head's come last
         head = list(pipe.pose_head.parameters())
         assert all(torch.allclose(p.float(), v.float(), atol=2e-4) for p, v in zip(head, state["ema"][-len(head):]))
     assert (pipe.conditioner.camera_head is not None) == cfg.condition_extras
@@ -111,6 +119,8 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     again = json.loads((elsewhere / "training_config.json").read_text())
     assert again["recipe"]["export"] == str(elsewhere) and again["recipe"]["steps"] == 4 and again["dit_step"] == 4
     assert json.loads((run / "recipe.json").read_text())["export"] == str(elsewhere)
+    if cfg.pose_head_scenes:  # the head, trained once, goes with every export
+        _check_frozen_pose_head(run, elsewhere, cfg)
 
     if attention == "multi_instance" and not extras:  # the DiT step's benchmark runs on such a folder, writing nothing in it
         from scenewright.bench.run import main as bench_main
@@ -121,6 +131,30 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
         timing = json.loads(out.read_text())
         assert timing["seconds_per_step"] > 0 and timing["batch_size"] == cfg.batch_size and timing["recipe_steps"] == 4
         assert sorted(run.rglob("*")) == files
+
+
+def _check_frozen_pose_head(run: Path, model: Path, cfg: RecipeConfig) -> None:
+    import torch
+
+    from scenewright.loading import load_component
+    from scenewright.training import data as D
+
+    shards = sorted((run / "pose-head" / "data").glob("scene-*.npz"))
+    assert len(shards) == 2 and "grids" not in D.read_shard(shards[0]) and "poses" in D.read_shard(shards[0])
+    summary = json.loads((model / "training_config.json").read_text())
+    fit = summary["pose_head"]
+    assert fit["scenes"] + fit["held_out"] == CASES + cfg.pose_head_scenes and fit["config"]["steps"] == 5
+    assert np.isfinite(fit["held_out_mse"])
+    assert summary["recipe"]["pose_head_scenes"] == cfg.pose_head_scenes
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_scenewright"]["pose_head_blend"] == cfg.pose_head_blend
+    trained, exported = load_component(run / "pose-head" / "head"), load_component(model / "pose_head")
+    assert all(torch.equal(a.half(), b) for a, b in zip(trained.state_dict().values(), exported.state_dict().values()))
+
+
+def test_a_pose_head_with_the_dit_or_after_it_not_both(tmp_path):
+    with pytest.raises(SystemExit, match="choose one"):
+        run_recipe(tmp_path / "run", _config(tmp_path, pose_head_weight=1.0, pose_head_scenes=10))
 
 
 def test_num_components_must_fill_tokens():

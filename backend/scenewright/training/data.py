@@ -222,8 +222,9 @@ def scene_rows(shard: dict[str, np.ndarray], scene: int) -> slice:
 
 
 def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", resolution: int, truncation: float,
-                  seed: int = 0) -> dict[str, np.ndarray] | None:
-    """One rendered case -> the condition encoder's inputs and each visible instance's pose and SDF grid.
+                  seed: int = 0, grids: bool = True) -> dict[str, np.ndarray] | None:
+    """One rendered case -> the condition encoder's inputs and each visible instance's pose and SDF grid
+    (`grids` off: no grid, 5 % of the time, for what reads only poses).
 
     Needs the per-instance `matrix_world` that `make-data` writes into scene.json (the
     object's own frame); benchmark cases lack it and are not training data. None when no
@@ -251,15 +252,16 @@ def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", res
     to_view = view_frame_transform(case.camera.matrix_world)
     norm = SceneNormalization.fit([inst.mesh[0] for inst in visible])
     rng = np.random.default_rng([seed, 3])
-    poses, grids = [], []
+    poses, fields = [], []
     for inst in visible:
         world, faces = read_mesh(case_dir / entries[inst.id]["mesh"])
         obj = canonical_object(world, faces, np.asarray(entries[inst.id]["matrix_world"]), to_view, norm.center, norm.scale)
         poses.append(obj.pose.to_vector())
-        grids.append(sdf_grid(obj.unit_vertices, obj.faces, resolution, truncation, rng).reshape(-1))
+        if grids:
+            fields.append(sdf_grid(obj.unit_vertices, obj.faces, resolution, truncation, rng).reshape(-1))
     matrix = np.asarray(case.camera.matrix_world, dtype=np.float64)
     camera = [math.degrees(math.asin(float(np.clip(matrix[2, 2], -1.0, 1.0)))), float(case.camera.fov_deg)]
-    return {
+    example = {
         "num_instances": np.array([len(visible)], dtype=np.int64),
         "scene": inputs.scene[None],
         "camera": np.asarray([camera], np.float32),  # the scene's camera pitch and field of view, degrees
@@ -267,8 +269,10 @@ def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", res
         "crops": inputs.crops,
         "boxes": inputs.boxes,
         "poses": np.asarray(poses, np.float32),
-        "grids": np.asarray(grids, np.float16),
     }
+    if grids:
+        example["grids"] = np.asarray(fields, np.float16)
+    return example
 
 
 def scene_branch_example(case_dir: str | Path, condition: "ConditionEncoderConfig", resolution: int, truncation: float,

@@ -6,10 +6,13 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
 3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
    camera    RUN/camera/       with --camera-estimator on: the camera estimator (training/camera.py)
+   pose-data RUN/pose-head/cases/, data/  with --pose-head-scenes N: N more scenes (`make-data --props varied`)
    branch    RUN/data/branch-*  with --attention scene_context only: each scene's scene row (I-Scene's scene
                                 branch) and its latents (RUN/codec/branch-latents.npz)
 4. dit       RUN/codec-dit/    DiT + condition encoder (checkpoints, log.jsonl)
 5. export    the model folder  (default: the package's assets/default-model)
+   pose-head RUN/pose-head/head/  a pose head on the exported, frozen condition encoder (training/pose_head.py),
+                               added to the model folder
 6. eval      RUN/eval/         predict + eval on ../shared/benchmark/dev when it is there
 
 Every setting is in RUN/recipe.json (and the DiT stage's in RUN/codec-dit/training_config.json);
@@ -46,6 +49,7 @@ RECIPE_FILE = "recipe.json"
 STAGE_TIMES = "stages.json"
 LATENTS_FILE = "latents.npz"
 CAMERA_DIR = "camera"
+POSE_HEAD_DIR = "pose-head"
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -81,6 +85,13 @@ class RecipeConfig(ConfigMixin):
                                          "standardised), e.g. 0.2")
     pose_head_weight: float = _setting(0.0, "loss weight of a pose regression head on the condition encoder, trained "
                                             "beside the DiT and exported with it (0: none; docs/results.md)")
+    pose_head_scenes: int = _setting(2000, "extra scenes (`make-data --props varied`: props on beds, boxes and "
+                                           "cylinders too, and smaller) for a pose head trained after the DiT on its "
+                                           "frozen condition encoder, with the DiT's scenes (0: no such head)")
+    pose_head_seed: int = _setting(7, "dataset seed of the pose head's extra scenes")
+    pose_head_steps: int = _setting(3000, "the frozen-encoder pose head's training steps (32 scenes each)")
+    pose_head_blend: float = _setting(0.5, "the exported model's share of the pose head's read in each instance's "
+                                           "pose token (the sampler's the rest)")
     attention: str = _setting("multi_instance", "multi_instance, or scene_context: I-Scene's scene-context "
                                                 "attention with a scene branch")
     mi_blocks: int = _setting(3, "K: the DiT's middle blocks with multi-instance (or scene-context) attention "
@@ -140,37 +151,45 @@ def _stage_done(run: Path, stage: str, seconds: float) -> None:
 
 
 def render_cases(run: Path, cfg: RecipeConfig) -> None:
+    _render(run / "cases", cfg.cases, cfg.seed, "default", cfg)
+
+
+def _render(folder: Path, count: int, seed: int, props: str, cfg: RecipeConfig) -> None:
     from ..data import generate
 
-    code = generate.main(["--out", str(run / "cases"), "--count", str(cfg.cases), "--seed", str(cfg.seed),
+    code = generate.main(["--out", str(folder), "--count", str(count), "--seed", str(seed), "--props", props,
                           "--resolution", str(cfg.render_resolution), "--workers", str(cfg.workers)])
     if code != 0:
         raise SystemExit(f"rendering failed (exit {code}); run the recipe again to retry the failed cases")
 
 
-def _shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int) -> int:
+def _shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int, grids: bool) -> int:
     path, cases, first = task
     examples = [e for k, case in enumerate(cases)
-                if (e := D.scene_example(case, condition, codec.grid_resolution, codec.truncation, seed + first + k))]
+                if (e := D.scene_example(case, condition, codec.grid_resolution, codec.truncation, seed + first + k,
+                                         grids=grids))]
     meta = {"kind": "scene", "cases": [c.name for c in cases], "condition": condition.to_dict(), "codec": codec.to_dict()}
     return D.write_shard(path, examples, meta)
 
 
 def make_scene_data(run: Path, cfg: RecipeConfig) -> None:
     """Scene shards of every rendered case (resumable: finished shards are kept)."""
+    _make_shards(run / "cases", run / "data", cfg.cases, cfg.seed, cfg, grids=True)
+
+
+def _make_shards(cases_folder: Path, out: Path, count: int, seed: int, cfg: RecipeConfig, grids: bool) -> None:
     from tqdm import tqdm
 
     from ..data.generate import case_name
 
-    out = run / "data"
     out.mkdir(parents=True, exist_ok=True)
-    cases = [run / "cases" / case_name(i) for i in range(cfg.cases)]
+    cases = [cases_folder / case_name(i) for i in range(count)]
     tasks = [(out / f"scene-{index:05d}.npz", list(chunk), index * cfg.shard_size)
              for index, chunk in D.chunks(cases, cfg.shard_size)]
     # a shard covers fixed case indices; one whose cases are not all rendered yet waits for the next run
     todo = [t for t in tasks if not t[0].exists() and all((c / "scene.json").is_file() for c in t[1])]
     preset = recipe_preset(cfg)
-    work = partial(_shard, condition=preset.condition_encoder, codec=preset.shape_codec, seed=cfg.seed)
+    work = partial(_shard, condition=preset.condition_encoder, codec=preset.shape_codec, seed=seed, grids=grids)
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="scene shards", unit="shard") as bar:
         if cfg.workers > 1:
             with ProcessPoolExecutor(cfg.workers, initializer=_one_thread) as pool:
@@ -287,6 +306,51 @@ def export_camera_estimator(run: Path, folder: Path, prior_weight: float) -> Non
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def make_pose_head_data(run: Path, cfg: RecipeConfig) -> None:
+    """The pose head's extra scenes (`make-data --props varied`) and their shards, without the shape grids
+    the head does not read."""
+    folder = run / POSE_HEAD_DIR
+    _render(folder / "cases", cfg.pose_head_scenes, cfg.pose_head_seed, "varied", cfg)
+    _make_shards(folder / "cases", folder / "data", cfg.pose_head_scenes, cfg.pose_head_seed, cfg, grids=False)
+
+
+def train_pose_head_stage(run: Path, cfg: RecipeConfig, model: Path) -> None:
+    """A pose head on the frozen condition encoder of the model folder `model` (training/pose_head.py), trained on
+    the DiT's scenes and the extra ones."""
+    from .pose_head import PoseHeadTrainConfig, train_pose_head
+
+    train_pose_head(model, [run / "data", run / POSE_HEAD_DIR / "data"], run / POSE_HEAD_DIR / "head",
+                    PoseHeadTrainConfig(steps=cfg.pose_head_steps, seed=cfg.seed))
+
+
+def export_pose_head(run: Path, folder: Path, blend: float) -> None:
+    """Add RUN/pose-head/head to a model folder as its `pose_head`, blended into the sampled poses by `blend`.
+
+    Apart from the DiT's export, so a model folder gains a head without retraining its denoiser."""
+    from ..loading import MODEL_INDEX, load_component, save_component
+    from ..pipeline import OPTIONS_KEY
+    from .pose_head import FIT_FILE
+    from .train import CONFIG_FILE, EXPORT_DTYPE
+
+    trained = run / POSE_HEAD_DIR / "head"
+    head = load_component(trained).to(EXPORT_DTYPE)
+    save_component(head, folder / "pose_head")
+    index_path = folder / MODEL_INDEX
+    index = json.loads(index_path.read_text())
+    index["pose_head"] = [type(head).__module__, type(head).__name__]
+    index[OPTIONS_KEY]["pose_head_blend"] = blend
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    summary_path = folder / CONFIG_FILE
+    summary = json.loads(summary_path.read_text())
+    fit = json.loads((trained / FIT_FILE).read_text())
+    summary["pose_head"] = fit
+    if summary.get("recipe") is not None:  # the record says how the whole folder was made
+        recipe = json.loads((run / RECIPE_FILE).read_text())
+        summary["recipe"].update({k: recipe[k] for k in ("pose_head_scenes", "pose_head_seed", "pose_head_steps")},
+                                 pose_head_blend=blend)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
     from ..models.dit import default_mi_blocks
     from .train import TrainConfig
@@ -330,25 +394,25 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
             print(f"recipe: {saved} holds other training settings; resuming with those (choose a new --out to "
                   "change them)", file=sys.stderr)
         cfg = replace(previous, **{name: getattr(cfg, name) for name in OUTPUT_SETTINGS})
+    if cfg.pose_head_weight > 0 and cfg.pose_head_scenes > 0:
+        raise SystemExit("--pose-head-weight trains a pose head with the DiT, --pose-head-scenes one after it on the "
+                         "frozen encoder: choose one (--pose-head-scenes 0 for the first)")
     saved.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     torch.set_num_threads(cfg.threads)
     stages: list[tuple[str, bool, Any]] = [
-        ("cases", (run / "cases" / "INDEX.json").exists() and _rendered(run) >= cfg.cases, render_cases),
-        ("data", _shards_complete(run, cfg), make_scene_data),
+        ("cases", _rendered(run / "cases") >= cfg.cases, render_cases),
+        ("data", _shards_complete(run / "data", cfg.cases, cfg), make_scene_data),
         ("codec", (run / "codec" / LATENTS_FILE).exists(), fit_shape_codec),
         ("camera", not cfg.camera_estimator or (run / CAMERA_DIR / "fit.json").exists(), train_camera_stage),
+        ("pose-data", _pose_data_done(run, cfg), make_pose_head_data),
     ]
     if cfg.attention == "scene_context":
         from .train import BRANCH_LATENTS_FILE
 
         stages.append(("branch", (run / "codec" / BRANCH_LATENTS_FILE).exists(), make_branch_data))
     for name, done, stage in stages:
-        if done:
-            continue
-        print(f"recipe: stage {name}", file=sys.stderr)
-        start = time.perf_counter()
-        stage(run, cfg)
-        _stage_done(run, name, time.perf_counter() - start)
+        if not done:
+            _run_stage(run, name, partial(stage, run, cfg))
     dit = dit_config(run, cfg)
     checkpoint = latest_checkpoint(dit.stage_dir)
     finished = checkpoint is not None and int(checkpoint.stem.split("-")[1]) >= cfg.steps
@@ -368,6 +432,8 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     if cfg.camera_estimator:
         export_camera_estimator(run, model, cfg.camera_prior_weight)
     _stage_done(run, "export", time.perf_counter() - start)
+    if cfg.pose_head_scenes:
+        add_pose_head(run, cfg, model)
     print(f"recipe: model written to {model}", file=sys.stderr)
     if cfg.evaluate:
         start = time.perf_counter()
@@ -376,13 +442,41 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     return 0
 
 
-def _rendered(run: Path) -> int:
-    return json.loads((run / "cases" / "INDEX.json").read_text())["n_cases"]
+def add_pose_head(run: Path, cfg: RecipeConfig, model: Path) -> None:
+    """The pose-data and pose-head stages (each when not done yet) and the head's export into `model`.
+
+    The head is trained once, on the features of the first export's encoder; a resumed run exports the same
+    DiT again, so the head fits every later export too. A finished model folder gains a head this way without
+    its DiT's checkpoints (docs/model-card.md says how the shipped one did)."""
+    from .pose_head import FIT_FILE
+
+    if not _pose_data_done(run, cfg):
+        _run_stage(run, "pose-data", partial(make_pose_head_data, run, cfg))
+    if not (run / POSE_HEAD_DIR / "head" / FIT_FILE).is_file():
+        _run_stage(run, "pose-head", partial(train_pose_head_stage, run, cfg, model))
+    export_pose_head(run, model, cfg.pose_head_blend)
 
 
-def _shards_complete(run: Path, cfg: RecipeConfig) -> bool:
-    expected = -(-cfg.cases // cfg.shard_size)
-    return len(list((run / "data").glob("scene-*.npz"))) >= expected
+def _run_stage(run: Path, name: str, stage: Any) -> None:
+    print(f"recipe: stage {name}", file=sys.stderr)
+    start = time.perf_counter()
+    stage()
+    _stage_done(run, name, time.perf_counter() - start)
+
+
+def _pose_data_done(run: Path, cfg: RecipeConfig) -> bool:
+    extra = run / POSE_HEAD_DIR  # with no extra scenes, nothing to do
+    return (_rendered(extra / "cases") >= cfg.pose_head_scenes
+            and _shards_complete(extra / "data", cfg.pose_head_scenes, cfg))
+
+
+def _rendered(cases: Path) -> int:
+    index = cases / "INDEX.json"
+    return json.loads(index.read_text())["n_cases"] if index.is_file() else 0
+
+
+def _shards_complete(data: Path, count: int, cfg: RecipeConfig) -> bool:
+    return len(list(data.glob("scene-*.npz"))) >= -(-count // cfg.shard_size)
 
 
 def main(argv: list[str]) -> int:

@@ -150,13 +150,18 @@ def sdf_grid(unit_vertices: np.ndarray, faces: np.ndarray, resolution: int, trun
     return np.where(inside, -grid, grid).astype(np.float32)
 
 
-def mirror_x(pose_vector: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same object mirrored through the view frame's x = 0 plane (an image flipped left-right)."""
+def mirror_pose(pose_vector: np.ndarray) -> np.ndarray:
+    """An object's pose mirrored through the view frame's x = 0 plane (an image flipped left-right)."""
     pose = BoxPose.from_vector(pose_vector)
     mirrored = BoxPose(pose.centre * np.array([-1.0, 1.0, 1.0]), pose.extents, -pose.yaw)
     if mirrored.yaw >= math.pi / 4:  # -(-pi/4) lands on the excluded end of the range: the same turn
         mirrored.yaw -= math.pi / 2
-    return mirrored.to_vector(), np.ascontiguousarray(grid[::-1])
+    return mirrored.to_vector()
+
+
+def mirror_x(pose_vector: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same object mirrored through the view frame's x = 0 plane: its pose and its grid."""
+    return mirror_pose(pose_vector), np.ascontiguousarray(grid[::-1])
 
 
 def fit_codec(grids: np.ndarray, poses: np.ndarray, config: ShapeCodecConfig) -> ShapeCodec:
