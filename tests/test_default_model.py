@@ -56,6 +56,8 @@ def test_the_shipped_models_are_in_the_package_within_their_budget():
     index = json.loads((shipped_model_path("default") / "model_index.json").read_text())
     assert ("camera_estimator" in index) == RecipeConfig().camera_estimator
     assert index["_scenewright"]["camera_prior_weight"] == RecipeConfig().camera_prior_weight
+    assert ("pose_head" in index) == (RecipeConfig().pose_head_scenes > 0)
+    assert index["_scenewright"]["pose_head_blend"] == RecipeConfig().pose_head_blend
     assets = default_model_path().parent
     weights = sum(p.stat().st_size for name in SHIPPED_MODELS for p in shipped_model_path(name).rglob("*.safetensors"))
     assert weights <= 50 * 2**20, f"{weights / 2**20:.1f} MB of weights in {assets}"

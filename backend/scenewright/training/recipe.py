@@ -285,24 +285,32 @@ def export_camera_estimator(run: Path, folder: Path, prior_weight: float) -> Non
     """Add RUN/camera to an exported model folder as its `camera_estimator`, with the solve's prior weight.
 
     Apart from the DiT's export, so a model folder gains an estimator without retraining its denoiser."""
+    fit = json.loads((run / CAMERA_DIR / "fit.json").read_text())
+    _add_component(folder, "camera_estimator", run / CAMERA_DIR, {"camera_prior_weight": prior_weight}, "camera", fit,
+                   {"camera_estimator": True, "camera_steps": fit["config"]["steps"],
+                    "camera_prior_weight": prior_weight})
+
+
+def _add_component(folder: Path, name: str, trained: Path, options: dict[str, Any], summary_key: str,
+                   fit: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """A component trained apart from the DiT into an exported model folder: its weights (float16), its entry
+    and pipeline options in model_index.json, its fit and the recipe settings that made it in training_config.json."""
     from ..loading import MODEL_INDEX, load_component, save_component
     from ..pipeline import OPTIONS_KEY
     from .train import CONFIG_FILE, EXPORT_DTYPE
 
-    estimator = load_component(run / CAMERA_DIR).to(EXPORT_DTYPE)
-    save_component(estimator, folder / "camera_estimator")
+    component = load_component(trained).to(EXPORT_DTYPE)
+    save_component(component, folder / name)
     index_path = folder / MODEL_INDEX
     index = json.loads(index_path.read_text())
-    index["camera_estimator"] = [type(estimator).__module__, type(estimator).__name__]
-    index[OPTIONS_KEY]["camera_prior_weight"] = prior_weight
+    index[name] = [type(component).__module__, type(component).__name__]
+    index[OPTIONS_KEY].update(options)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     summary_path = folder / CONFIG_FILE
     summary = json.loads(summary_path.read_text())
-    fit = json.loads((run / CAMERA_DIR / "fit.json").read_text())
-    summary["camera"] = fit
+    summary[summary_key] = fit
     if summary.get("recipe") is not None:  # the record says how the whole folder was made
-        summary["recipe"].update(camera_estimator=True, camera_steps=fit["config"]["steps"],
-                                 camera_prior_weight=prior_weight)
+        summary["recipe"].update(recipe)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -323,32 +331,15 @@ def train_pose_head_stage(run: Path, cfg: RecipeConfig, model: Path) -> None:
                     PoseHeadTrainConfig(steps=cfg.pose_head_steps, seed=cfg.seed))
 
 
-def export_pose_head(run: Path, folder: Path, blend: float) -> None:
-    """Add RUN/pose-head/head to a model folder as its `pose_head`, blended into the sampled poses by `blend`.
-
-    Apart from the DiT's export, so a model folder gains a head without retraining its denoiser."""
-    from ..loading import MODEL_INDEX, load_component, save_component
-    from ..pipeline import OPTIONS_KEY
+def export_pose_head(run: Path, folder: Path, cfg: RecipeConfig) -> None:
+    """Add RUN/pose-head/head to a model folder as its `pose_head`, blended into the sampled poses by
+    `cfg.pose_head_blend`: a model folder gains a head without its denoiser being trained again."""
     from .pose_head import FIT_FILE
-    from .train import CONFIG_FILE, EXPORT_DTYPE
 
     trained = run / POSE_HEAD_DIR / "head"
-    head = load_component(trained).to(EXPORT_DTYPE)
-    save_component(head, folder / "pose_head")
-    index_path = folder / MODEL_INDEX
-    index = json.loads(index_path.read_text())
-    index["pose_head"] = [type(head).__module__, type(head).__name__]
-    index[OPTIONS_KEY]["pose_head_blend"] = blend
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    summary_path = folder / CONFIG_FILE
-    summary = json.loads(summary_path.read_text())
-    fit = json.loads((trained / FIT_FILE).read_text())
-    summary["pose_head"] = fit
-    if summary.get("recipe") is not None:  # the record says how the whole folder was made
-        recipe = json.loads((run / RECIPE_FILE).read_text())
-        summary["recipe"].update({k: recipe[k] for k in ("pose_head_scenes", "pose_head_seed", "pose_head_steps")},
-                                 pose_head_blend=blend)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    settings = ("pose_head_scenes", "pose_head_seed", "pose_head_steps", "pose_head_blend")
+    _add_component(folder, "pose_head", trained, {"pose_head_blend": cfg.pose_head_blend}, "pose_head",
+                   json.loads((trained / FIT_FILE).read_text()), {k: getattr(cfg, k) for k in settings})
 
 
 def dit_config(run: Path, cfg: RecipeConfig) -> "TrainConfig":
@@ -454,7 +445,7 @@ def add_pose_head(run: Path, cfg: RecipeConfig, model: Path) -> None:
         _run_stage(run, "pose-data", partial(make_pose_head_data, run, cfg))
     if not (run / POSE_HEAD_DIR / "head" / FIT_FILE).is_file():
         _run_stage(run, "pose-head", partial(train_pose_head_stage, run, cfg, model))
-    export_pose_head(run, model, cfg.pose_head_blend)
+    export_pose_head(run, model, cfg)
 
 
 def _run_stage(run: Path, name: str, stage: Any) -> None:
