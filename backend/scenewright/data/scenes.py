@@ -440,8 +440,8 @@ def sample_scene(seed: int, resolution: int = 512, hard: bool = False, props: Pr
         tags |= {"symmetric", "front_behind"}
     else:  # support: one or two hosts, with props, and maybe neighbours
         for _ in range(int(rng.integers(1, 3))):
-            lay.place_ground(_ground_shape(rng, str(rng.choice(props.supports))), rng.normal(0, 0.3), rng.normal(0, 0.3),
-                             _yaw(rng, True))
+            host = _ground_shape(rng, str(rng.choice(props.supports)))
+            lay.place_ground(host, rng.normal(0, 0.3), rng.normal(0, 0.3), _yaw(rng, True))
         _style_row(lay, int(rng.integers(0, 3)), depth=bool(rng.random() < 0.5))
     if len(lay.objects) < 2:  # every scene has at least two objects
         lay.place_ground(_ground_shape(rng), rng.uniform(0.5, 1.0), rng.normal(0, 0.3), _yaw(rng, True))

@@ -224,7 +224,7 @@ def scene_rows(shard: dict[str, np.ndarray], scene: int) -> slice:
 def scene_example(case_dir: str | Path, condition: "ConditionEncoderConfig", resolution: int, truncation: float,
                   seed: int = 0, grids: bool = True) -> dict[str, np.ndarray] | None:
     """One rendered case -> the condition encoder's inputs and each visible instance's pose and SDF grid
-    (`grids` off: no grid, 5 % of the time, for what reads only poses).
+    (`grids` off: none, for what reads only poses, in a twentieth of the time).
 
     Needs the per-instance `matrix_world` that `make-data` writes into scene.json (the
     object's own frame); benchmark cases lack it and are not training data. None when no
