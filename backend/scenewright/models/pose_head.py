@@ -24,6 +24,9 @@ class PoseHeadConfig(ConfigMixin):
     pose_channels: int = 8  # the latent's first token: the pose numbers
     width: int = 128
     layers: int = 2  # transformer layers over a scene's instances: the pose is in the scene's own frame
+    # besides the tokens' mean, what emb1 finds among them (one attention query, 4 heads): where in the picture
+    # the instance's evidence lies (off in folders saved before it existed)
+    token_attention: bool = False
 
 
 class PoseHead(nn.Module):
@@ -34,13 +37,21 @@ class PoseHead(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.inputs = nn.Linear(config.global_dim + config.token_dim, width)
+        inputs = config.global_dim + config.token_dim
+        if config.token_attention:
+            self.query = nn.Linear(config.global_dim, config.token_dim)
+            self.pool = nn.MultiheadAttention(config.token_dim, 4, batch_first=True)
+            inputs += config.token_dim
+        self.inputs = nn.Linear(inputs, width)
         layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.outputs = nn.Linear(width, config.pose_channels)
 
     def forward(self, emb1: torch.Tensor, emb2: torch.Tensor, group_size: int) -> torch.Tensor:
         dtype = self.inputs.weight.dtype
-        x = torch.cat([emb1[:, 0], emb2.mean(dim=1)], dim=-1).to(dtype)
-        x = self.inputs(x).view(-1, group_size, self.config.width)
+        parts = [emb1[:, 0].to(dtype), emb2.mean(dim=1).to(dtype)]
+        if self.config.token_attention:
+            tokens = emb2.to(dtype)
+            parts.append(self.pool(self.query(emb1.to(dtype)), tokens, tokens)[0][:, 0])
+        x = self.inputs(torch.cat(parts, dim=-1)).view(-1, group_size, self.config.width)
         return self.outputs(self.blocks(x)).reshape(-1, self.config.pose_channels)

@@ -1,10 +1,10 @@
 """Training a pose head (models/pose_head.py) on a finished model's frozen condition encoder.
 
 The recipe's pose-head stage: the head reads each instance's pose token from what the exported
-encoder makes of the picture (emb1 and the mean of emb2), so its inputs are exactly the pipeline's.
-The encoder's features of every scene and of its mirror image are computed once (cached beside the
-head); the head then trains on them alone, in about a minute, and the denoiser's weights stay as they
-are. Its scenes are the DiT's plus extra ones of `make-data --props varied` (props on beds, boxes and
+encoder makes of the picture (emb1 and emb2's tokens), so its inputs are exactly the pipeline's.
+The encoder's outputs for every scene and for its mirror image are computed once (cached beside the
+head, the tokens in float16); the head then trains on them alone, in a few minutes, and the denoiser's
+weights stay as they are. Its scenes are the DiT's plus extra ones of `make-data --props varied` (props on beds, boxes and
 cylinders too, and smaller): with those the head gains on every split where with the DiT's alone it
 lost on dev (docs/results.md, "What limits IoU-B"). The last `held_out` scenes are scored at the end
 (fit.json).
@@ -39,14 +39,15 @@ class PoseHeadTrainConfig(ConfigMixin):
     mirror: float = 0.5  # share of batches seen mirrored left-right
     held_out: int = 300  # the last scenes, kept out of training and scored at the end (a fifth at most)
     seed: int = 0
+    token_attention: bool = True  # PoseHeadConfig.token_attention
 
 
 @dataclass
 class _Features:
-    """Per instance: the encoder's features of the picture and of its mirror, and both pose targets."""
+    """Per instance: the encoder's outputs for the picture and for its mirror, and both pose targets."""
 
-    plain: np.ndarray  # (R, global_dim + token_dim)
-    mirrored: np.ndarray
+    plain: tuple[np.ndarray, np.ndarray]  # emb1 (R, global_dim) float32, emb2 (R, L, token_dim) float16
+    mirrored: tuple[np.ndarray, np.ndarray]
     targets: np.ndarray  # (R, pose channels): the standardised pose token
     mirrored_targets: np.ndarray
     counts: np.ndarray  # instances per scene
@@ -69,10 +70,12 @@ def encoder_features(encoder: torch.nn.Module, codec: torch.nn.Module, data: Pat
     mirrored_targets = codec.pack(torch.from_numpy(mirrored_poses), zeros)[:, 0].numpy()
     if cached:
         with np.load(cache) as saved:
-            return _Features(saved["plain"], saved["mirrored"], targets, mirrored_targets, counts)
+            return _Features((saved["emb1"], saved["emb2"]), (saved["mirrored_emb1"], saved["mirrored_emb2"]),
+                             targets, mirrored_targets, counts)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    width = encoder.config.global_dim + encoder.config.token_dim
-    features = [np.zeros((len(poses), width), np.float32) for _ in range(2)]
+    config = encoder.config
+    features = [(np.zeros((len(poses), config.global_dim), np.float32),
+                 np.zeros((len(poses), encoder.num_tokens, config.token_dim), np.float16)) for _ in range(2)]
     batch = 32
     for first in tqdm(range(0, len(counts), batch), desc="pose head: encoder features", unit="batch"):
         scenes = range(first, min(first + batch, len(counts)))
@@ -83,8 +86,9 @@ def encoder_features(encoder: torch.nn.Module, codec: torch.nn.Module, data: Pat
         for out, flip in zip(features, (False, True)):
             scene, masks, crops, boxes = flip_conditions(*inputs) if flip else inputs
             emb1, emb2, _ = encoder(scene.float() / 255, masks.float() / 255, crops.float() / 255, boxes, index)
-            out[rows] = torch.cat([emb1[:, 0], emb2.mean(1)], -1).numpy()
-    np.savez(cache, plain=features[0], mirrored=features[1])
+            out[0][rows], out[1][rows] = emb1[:, 0].numpy(), emb2.numpy()
+    np.savez(cache, emb1=features[0][0], emb2=features[0][1], mirrored_emb1=features[1][0],
+             mirrored_emb2=features[1][1])
     return _Features(features[0], features[1], targets, mirrored_targets, counts)
 
 
@@ -97,7 +101,7 @@ def train_pose_head(model: Path, data: list[Path], out: Path, cfg: PoseHeadTrain
     codec = load_component(model / "shape_codec").float().eval()
     out.mkdir(parents=True, exist_ok=True)
     parts = [encoder_features(encoder, codec, folder, out / f"features-{k}.npz") for k, folder in enumerate(data)]
-    features = [np.concatenate([getattr(p, name) for p in parts]) for name in ("plain", "mirrored")]
+    features = [[np.concatenate([getattr(p, name)[k] for p in parts]) for k in (0, 1)] for name in ("plain", "mirrored")]
     targets = [np.concatenate([getattr(p, name) for p in parts]) for name in ("targets", "mirrored_targets")]
     counts = np.concatenate([p.counts for p in parts])
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -110,16 +114,17 @@ def train_pose_head(model: Path, data: list[Path], out: Path, cfg: PoseHeadTrain
         by_size.setdefault(int(counts[scene]), []).append(scene)
     sizes = list(by_size)
     size_weights = np.array([len(by_size[n]) for n in sizes], np.float64)
-    global_dim = encoder.config.global_dim
 
     def batch(scenes: list[int] | np.ndarray, flip: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in scenes])
-        x = torch.from_numpy(features[flip][rows])
-        return x[:, None, :global_dim], x[:, None, global_dim:], torch.from_numpy(targets[flip][rows]).float()
+        emb1, emb2 = features[flip]
+        return (torch.from_numpy(emb1[rows])[:, None], torch.from_numpy(emb2[rows].astype(np.float32)),
+                torch.from_numpy(targets[flip][rows]).float())
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    head = PoseHead(PoseHeadConfig(global_dim, encoder.config.token_dim, targets[0].shape[1]))
+    head = PoseHead(PoseHeadConfig(encoder.config.global_dim, encoder.config.token_dim, targets[0].shape[1],
+                                   token_attention=cfg.token_attention))
     ema = PoseHead(head.config)
     ema.load_state_dict(head.state_dict())
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
