@@ -3,11 +3,11 @@
 The recipe's pose-head stage: the head reads each instance's pose token from what the exported
 encoder makes of the picture (emb1 and emb2's tokens), so its inputs are exactly the pipeline's.
 The encoder's outputs for every scene and for its mirror image are computed once (cached beside the
-head, the tokens in float16); the head then trains on them alone, in a few minutes, and the denoiser's
-weights stay as they are. Its scenes are the DiT's plus extra ones of `make-data --props varied` (props on beds, boxes and
-cylinders too, and smaller): with those the head gains on every split where with the DiT's alone it
-lost on dev (docs/results.md, "What limits IoU-B"). The last `held_out` scenes are scored at the end
-(fit.json).
+head, the tokens in float16); the head then trains on them alone, in a few minutes, and the
+denoiser's weights stay as they are. Its scenes are the DiT's plus extra ones of `make-data --props
+varied` (props on beds, boxes and cylinders too, and smaller): with those the head gains on every
+split, where with the DiT's alone it lost on dev (docs/results.md, "A pose head after the DiT").
+The last `held_out` scenes are scored at the end (fit.json).
 """
 
 from __future__ import annotations
