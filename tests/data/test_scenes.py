@@ -108,7 +108,8 @@ def test_varied_props_rest_on_beds_and_small_hosts_too_and_are_smaller():
         return Counter(s.objects[o.support].label for s in scenes for o in s.objects if o.support is not None)
 
     def largest_primitive_prop(scenes):
-        return max(max(o.mesh.extents) for s in scenes for o in s.objects if o.support is not None and o.label in PRIMITIVES)
+        props = [o for s in scenes for o in s.objects if o.support is not None and o.label in PRIMITIVES]
+        return max(max(o.mesh.extents) for o in props)
 
     plain = [sample_scene(seed, resolution=64) for seed in SEEDS]
     varied = [sample_scene(seed, resolution=64, props=VARIED_PROPS) for seed in SEEDS]

@@ -101,7 +101,8 @@ def train_pose_head(model: Path, data: list[Path], out: Path, cfg: PoseHeadTrain
     codec = load_component(model / "shape_codec").float().eval()
     out.mkdir(parents=True, exist_ok=True)
     parts = [encoder_features(encoder, codec, folder, out / f"features-{k}.npz") for k, folder in enumerate(data)]
-    features = [[np.concatenate([getattr(p, name)[k] for p in parts]) for k in (0, 1)] for name in ("plain", "mirrored")]
+    features = [[np.concatenate([getattr(p, name)[k] for p in parts]) for k in (0, 1)]
+                for name in ("plain", "mirrored")]
     targets = [np.concatenate([getattr(p, name) for p in parts]) for name in ("targets", "mirrored_targets")]
     counts = np.concatenate([p.counts for p in parts])
     starts = np.concatenate([[0], np.cumsum(counts)])
