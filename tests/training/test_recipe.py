@@ -157,6 +157,22 @@ def test_a_pose_head_with_the_dit_or_after_it_not_both(tmp_path):
         run_recipe(tmp_path / "run", _config(tmp_path, pose_head_weight=1.0, pose_head_scenes=10))
 
 
+def test_a_run_started_before_the_frozen_pose_head_resumes_without_it(rendered, tmp_path):
+    """recipe.json written before --pose-head-scenes existed: the run resumes as it was made, head beside the DiT."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(rendered, run / "cases")
+    cfg = _config(tmp_path, pose_head_weight=1.0, camera_estimator=False, camera_prior_weight=0.0)
+    assert run_recipe(run, cfg) == 0
+    saved = json.loads((run / "recipe.json").read_text())
+    for name in ("pose_head_scenes", "pose_head_seed", "pose_head_steps", "pose_head_blend"):
+        del saved[name]
+    (run / "recipe.json").write_text(json.dumps(saved))
+    assert run_recipe(run, RecipeConfig(export=cfg.export, evaluate=False)) == 0  # the defaults ask for a head too
+    assert json.loads((run / "recipe.json").read_text())["pose_head_scenes"] == 0
+    assert not (run / "pose-head").exists()
+
+
 def test_num_components_must_fill_tokens():
     from scenewright.training.recipe import recipe_preset
 

@@ -122,6 +122,8 @@ class RecipeConfig(ConfigMixin):
 
 # where a run's results go, not what it trains: a resumed run may change them
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
+# settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
+ADDED_LATER = {"pose_head_scenes": 0}
 
 
 def training_settings(cfg: RecipeConfig) -> dict[str, Any]:
@@ -380,7 +382,7 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     run.mkdir(parents=True, exist_ok=True)
     saved = run / RECIPE_FILE
     if saved.exists():
-        previous = RecipeConfig.from_dict(json.loads(saved.read_text()))
+        previous = RecipeConfig.from_dict({**ADDED_LATER, **json.loads(saved.read_text())})
         if training_settings(previous) != training_settings(cfg):
             print(f"recipe: {saved} holds other training settings; resuming with those (choose a new --out to "
                   "change them)", file=sys.stderr)
