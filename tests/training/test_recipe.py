@@ -140,7 +140,8 @@ def _check_frozen_pose_head(run: Path, model: Path, cfg: RecipeConfig) -> None:
     from scenewright.training import data as D
 
     shards = sorted((run / "pose-head" / "data").glob("scene-*.npz"))
-    assert len(shards) == 2 and "grids" not in D.read_shard(shards[0]) and "poses" in D.read_shard(shards[0])
+    first = D.read_shard(shards[0])
+    assert len(shards) == 2 and "grids" not in first and "poses" in first
     summary = json.loads((model / "training_config.json").read_text())
     fit = summary["pose_head"]
     assert fit["scenes"] + fit["held_out"] == CASES + cfg.pose_head_scenes and fit["config"]["steps"] == 5

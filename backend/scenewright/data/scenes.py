@@ -245,13 +245,11 @@ def _add_props(lay: _Layout, count: int, stack: bool = False) -> None:
             return
         hosts = [i for i, o in enumerate(lay.objects)
                  if o.top is not None and o.label not in rules.never_hosts and (o.support is None or stack)]
-        big = [i for i in hosts if lay.objects[i].label in rules.supports or lay.objects[i].support is not None]
-        if rules.other_host_weight == 0:
-            hosts = big or hosts
         if not hosts:
             return
+        big = [i for i in hosts if lay.objects[i].label in rules.supports or lay.objects[i].support is not None]
         if rules.other_host_weight == 0:
-            host = int(rng.choice(hosts))
+            host = int(rng.choice(big or hosts))
         else:
             weights = np.array([1.0 if i in big else rules.other_host_weight for i in hosts])
             host = int(rng.choice(hosts, p=weights / weights.sum()))
