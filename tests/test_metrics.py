@@ -140,6 +140,8 @@ def test_box_error_names_the_axis_a_box_is_off_along(tmp_path):
     # instance 3 is empty: it counts 0 in the mean with each axis from the GT, as it does in IoU-B
     assert summary["all"]["iou_b_with_gt_axis"] == pytest.approx(
         [np.mean([rows[k]["box_error"]["iou_b_with_gt_axis"][axis] for k in (1, 2)] + [0.0]) for axis in range(3)])
+    assert summary["all"]["iou_b_with_gt_centre"] == pytest.approx(
+        np.mean([rows[k]["box_error"]["iou_b_with_gt_centre"] for k in (1, 2)] + [0.0]))
 
 
 def test_box_error_of_a_box_off_along_one_axis():
@@ -151,6 +153,10 @@ def test_box_error_of_a_box_off_along_one_axis():
     assert error["iou_b_with_gt_axis"][1] == pytest.approx(1.0)
     assert error["iou_b_with_gt_axis"][0] == error["iou_b_with_gt_axis"][2] == pytest.approx(box_iou(pred, gt))
     assert box_iou(pred, gt) == pytest.approx(1.5 / 3.5)
+    # on the GT's centre the box is 1.5 times too deep, all inside: 2 / 3; with the GT's size about its own
+    # centre (y 1.0..3.0) it overlaps 1.0 of 3.0
+    assert error["iou_b_with_gt_centre"] == pytest.approx(2.0 / 3.0)
+    assert error["iou_b_with_gt_size"] == pytest.approx(1.0 / 3.0)
 
 
 def test_missing_instance_lowers_ssr_and_scores_empty(tmp_path):

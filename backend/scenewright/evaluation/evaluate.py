@@ -67,7 +67,8 @@ def format_table(report: dict[str, Any]) -> str:
         triple = lambda name: " / ".join(f"{v:.3f}" for v in values[name])
         lines.append(f"| box error x / y / z, {group} ({values['n_instances']}) | median abs. centre error / size "
                      f"{triple('median_abs_centre_error')}, median abs. log size ratio {triple('median_abs_log_size_ratio')}, "
-                     f"IoU-B with that axis from the GT {triple('iou_b_with_gt_axis')} |")
+                     f"IoU-B with that axis from the GT {triple('iou_b_with_gt_axis')}, with the GT centres "
+                     f"{values['iou_b_with_gt_centre']:.3f}, with the GT sizes {values['iou_b_with_gt_size']:.3f} |")
     run = report.get("run", {})
     lines.append("")
     lines.append(f"{report['n_cases']} cases, {report['n_instances']} instances; device: {run.get('device', 'n/a')}")

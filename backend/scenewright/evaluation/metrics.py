@@ -177,7 +177,9 @@ def box_errors(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.nda
     Not a protocol metric: it says which axis IoU-B is lost on. `centre_error`: the centres' difference as a
     fraction of the GT box's size along the axis; `log_size_ratio`: log of the predicted size over the GT's;
     `iou_b_with_gt_axis`: the box IoU once that axis' interval is replaced by the GT's (1 for a box wrong
-    along that axis only).
+    along that axis only); `iou_b_with_gt_centre` and `iou_b_with_gt_size`: the box IoU once the box is
+    moved onto the GT's centre (its own size kept), or given the GT's size about its own centre: whether
+    where a box is or how big it is costs more.
     """
     lo, hi = np.asarray(pred[0], np.float64), np.asarray(pred[1], np.float64)
     gt_lo, gt_hi = np.asarray(gt[0], np.float64), np.asarray(gt[1], np.float64)
@@ -187,10 +189,13 @@ def box_errors(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.nda
         fixed_lo, fixed_hi = lo.copy(), hi.copy()
         fixed_lo[axis], fixed_hi[axis] = gt_lo[axis], gt_hi[axis]
         with_gt_axis.append(box_iou((fixed_lo, fixed_hi), (gt_lo, gt_hi)))
+    centre, gt_centre = (lo + hi) / 2.0, (gt_lo + gt_hi) / 2.0
     return {
-        "centre_error": ((lo + hi - gt_lo - gt_hi) / 2.0 / gt_size).tolist(),
+        "centre_error": ((centre - gt_centre) / gt_size).tolist(),
         "log_size_ratio": np.log(np.maximum(hi - lo, 1e-12) / gt_size).tolist(),
         "iou_b_with_gt_axis": with_gt_axis,
+        "iou_b_with_gt_centre": box_iou((lo - centre + gt_centre, hi - centre + gt_centre), (gt_lo, gt_hi)),
+        "iou_b_with_gt_size": box_iou((centre - (gt_hi - gt_lo) / 2.0, centre + (gt_hi - gt_lo) / 2.0), (gt_lo, gt_hi)),
     }
 
 
@@ -310,17 +315,23 @@ def _pooled_means(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 def _box_error_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per axis (x, y, z): median |centre error| and |log size ratio| over the non-empty instances, and the mean
-    IoU-B with that axis taken from the GT over all of them (an empty instance counts 0, as in IoU-B)."""
+    IoU-B with that axis taken from the GT over all of them (an empty instance counts 0, as in IoU-B); the mean
+    IoU-B with the GT's centres and with the GT's sizes, the same way."""
     errors = [row["box_error"] for row in rows if row.get("box_error")]
     if not errors:
         return {"n_instances": len(rows), "median_abs_centre_error": None, "median_abs_log_size_ratio": None,
-                "iou_b_with_gt_axis": None}
-    with_gt_axis = [row["box_error"]["iou_b_with_gt_axis"] if row.get("box_error") else [EMPTY_IOU] * 3 for row in rows]
+                "iou_b_with_gt_axis": None, "iou_b_with_gt_centre": None, "iou_b_with_gt_size": None}
+
+    def mean_over_all(name: str, empty: Any) -> Any:
+        return np.mean([row["box_error"][name] if row.get("box_error") else empty for row in rows], axis=0).tolist()
+
     return {
         "n_instances": len(rows),
         "median_abs_centre_error": np.median(np.abs([e["centre_error"] for e in errors]), axis=0).tolist(),
         "median_abs_log_size_ratio": np.median(np.abs([e["log_size_ratio"] for e in errors]), axis=0).tolist(),
-        "iou_b_with_gt_axis": np.mean(with_gt_axis, axis=0).tolist(),
+        "iou_b_with_gt_axis": mean_over_all("iou_b_with_gt_axis", [EMPTY_IOU] * 3),
+        "iou_b_with_gt_centre": mean_over_all("iou_b_with_gt_centre", EMPTY_IOU),
+        "iou_b_with_gt_size": mean_over_all("iou_b_with_gt_size", EMPTY_IOU),
     }
 
 
