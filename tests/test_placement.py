@@ -213,6 +213,34 @@ def test_prop_inside_a_support_with_nothing_under_it_is_lifted_onto_its_top():
     assert np.ptp(prop_p.vertices, axis=0) == pytest.approx(np.ptp(prop[0], axis=0) * placement.diagnostics["scale_m_per_unit"])
 
 
+def test_a_prop_rests_on_the_support_the_picture_shows_below_it():
+    """A box at the far end of a long low cabinet, generated too far back and too low: along its rays it would
+    reach a lower box behind the cabinet with less change of distance than the cabinet's top. The picture shows
+    the cabinet's top just below the prop's outline, so it rests there (dev's case_029 and two more did not)."""
+    camera = _true_camera()
+    cabinet = _box((0.6, 1.6, 0.6), (0.2, 3.0, 0.0))
+    behind = _box((0.8, 1.0, 0.3), (0.2, 4.6, 0.0))
+    prop = _box((0.25, 0.25, 0.2), (0.2, 3.65, 0.6))
+    seg = _seg([cabinet, behind, prop], camera)
+    eye = camera.matrix_world[:3, 3]
+    generated = eye + (prop[0] - eye) * ((0.42 - eye[2]) / (0.6 - eye[2]))  # along its rays, bottom at 0.42
+    meshes = [cabinet, behind, (generated, prop[1])]
+    masks = [seg == k + 1 for k in range(3)]
+    placement = place_scene(meshes, masks, SIZE, scene_size_m=3.0, camera=camera)
+    prop_p = placement.instances[2]
+    top = (placement.instances[0].vertices + placement.instances[0].transform[:3, 3])[:, 2].max()
+    assert prop_p.support == 1
+    assert prop_p.transform[2, 3] == pytest.approx(top, abs=1e-6)
+
+    # Without the cabinet's pixels under the prop's outline the rays alone decide: the box behind.
+    rows, cols = np.nonzero(masks[2])
+    unseen = masks[0].copy()
+    for c in np.unique(cols):
+        unseen[rows[cols == c].max() + 1 :, c] = False
+    placement = place_scene(meshes, [unseen, masks[1], masks[2]], SIZE, scene_size_m=3.0, camera=camera)
+    assert placement.instances[2].support == 2
+
+
 def test_default_scene_size_and_empty_meshes():
     meshes = _scene()
     camera = _true_camera()

@@ -55,6 +55,10 @@ ROUND_FACTOR_MIN = 0.01  # a depth within 1 % of the width is left as it is
 # Nelder-Mead evaluations of refine_supported's fit of an instance resting on another, chosen on the validation
 # split (60, 100, 200: docs/results.md, "Supported instances fitted again after placement").
 SUPPORTED_EVALUATIONS = 100
+# An instance whose mask lies within RESTING_GAP of the image's height just below at least RESTING_SHARE of an
+# instance's bottom outline (its lowest pixel per column) is what the picture shows it resting on
+# (`_pictured_supports`; docs/results.md, "The support the picture shows").
+RESTING_GAP, RESTING_SHARE = 0.006, 0.5
 
 # MIDI-3D's native output frame -> view frame (4x4, applied to column vectors).
 # The reference (VAST-AI-Research/MIDI-3D) exports its meshes with trimesh as
@@ -643,7 +647,9 @@ def place_scene(
     when it can rest on placed instances that way, the one (or the ground)
     needing the least change of distance wins (a prop generated below a
     table top, along the ray to it, comes onto the table rather than falling
-    to the floor); otherwise it falls straight down onto the first instance
+    to the floor), unless that is an instance and the one whose mask the
+    picture shows just below the instance's is another of them
+    (`_pictured_supports`); otherwise it falls straight down onto the first instance
     below it, or, with none, is lifted onto the top of a placed instance whose
     box it is inside (a generated top with holes), or, outside any, slides along
     the rays to the ground. A surface
@@ -680,11 +686,12 @@ def place_scene(
 
     tolerance = SNAP_FRACTION * size
     eye = level[:3, :3] @ camera.matrix_world[:3, 3] + level[:3, 3]  # the camera centre, levelled
+    pictured = _pictured_supports(masks)
     moved: dict[int, np.ndarray] = {}  # the instances as placed, input units
     support: dict[int, int | None] = {}
     for i in sorted(usable, key=lambda k: bottoms[k]):
         moved[i], support[i] = _rest(vertices[i], ground, eye, {j: (moved[j], faces[j]) for j in moved},
-                                     tolerance, size)
+                                     tolerance, size, pictured[i])
     shift = {i: float(moved[i][:, 2].min()) - bottoms[i] for i in usable}  # how far each bottom moved
 
     footprint = hi[:2] - lo[:2]
@@ -736,7 +743,7 @@ def _at_bottom_centre(world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int, tuple[np.ndarray, np.ndarray]],
-          tolerance: float, size: float) -> tuple[np.ndarray, int | None]:
+          tolerance: float, size: float, pictured: int | None = None) -> tuple[np.ndarray, int | None]:
     """Where one instance comes to rest (its vertices) and on what (a placed instance's key, None: the ground);
     see place_scene."""
     bottom = float(vertices[:, 2].min())
@@ -766,6 +773,9 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
         if to_ground is not None:
             options.append((to_ground[1], to_ground[0], None))
         _, rested, on = min(options, key=lambda o: o[0])
+        shown = [o for o in options if pictured is not None and o[2] == pictured]
+        if on is not None and shown:  # another instance, but the picture shows it resting on this one
+            _, rested, on = shown[0]
         return rested, on
     best_drop, best_support = bottom - ground, None  # else what is straight below
     points = _bottom_points(vertices, 0.01 * size)
@@ -784,6 +794,33 @@ def _rest(vertices: np.ndarray, ground: float, eye: np.ndarray, placed: dict[int
     if best_support is None and to_ground is not None:
         return to_ground[0], None
     return vertices - [0.0, 0.0, best_drop], best_support
+
+
+def _pictured_supports(masks: Sequence[np.ndarray]) -> list[int | None]:
+    """Per instance, the index of the instance the picture shows it resting on, or None: the one whose mask lies
+    just below (within RESTING_GAP of the image's height) the most columns of its bottom outline, at least
+    RESTING_SHARE of them. A prop's support shows there (114 of 118 props of dev and the project's splits); so
+    does whatever stands in front of an instance and hides its bottom, which is why `_rest` only uses it to
+    choose among the instances the rays reach, never over the ground."""
+    stack = np.asarray([np.asarray(m, bool) for m in masks])
+    if stack.ndim != 3 or len(stack) == 0:
+        return [None] * len(masks)
+    height = stack.shape[1]
+    gap = max(1, round(RESTING_GAP * height))
+    out: list[int | None] = []
+    for i, mask in enumerate(stack):
+        cols = np.flatnonzero(mask.any(axis=0))
+        if len(cols) == 0:
+            out.append(None)
+            continue
+        lowest = height - 1 - np.argmax(mask[::-1, cols], axis=0)
+        rows = np.clip(lowest[None, :] + np.arange(1, gap + 1)[:, None], 0, height - 1)  # (gap, columns)
+        below = stack[:, rows, cols[None, :]].any(axis=1)  # (instances, columns)
+        below[i] = False
+        shares = below.mean(axis=1)
+        best = int(np.argmax(shares))
+        out.append(best if shares[best] >= RESTING_SHARE else None)
+    return out
 
 
 def _along_rays(vertices: np.ndarray, eye: np.ndarray, bottom_height: float) -> tuple[np.ndarray, float] | None:
