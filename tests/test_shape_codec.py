@@ -141,3 +141,70 @@ def test_small_floating_pieces_are_dropped():
     assert len(faces) == 12 and len(vertices) == 8 and np.abs(vertices).max() == pytest.approx(0.5)
     kept = drop_small_pieces(np.asarray(both.vertices), np.asarray(both.faces), 0.001)
     assert len(kept[1]) == 24  # 1 % of the area is above 0.1 %: both stay
+
+
+def test_snap_takes_the_mean_of_the_nearest_library_shapes_by_grid_distance() -> None:
+    from scenewright.training.shape_library import add_library
+
+    grids, poses = _objects(17)
+    codec = fit_codec(grids, poses, ShapeCodecConfig(grid_resolution=16, num_components=16, tokens=3, channels=8))
+    library = codec.project(torch.from_numpy(grids))
+    snapping = add_library(codec, library, neighbours=3)
+    samples = library[:5] + torch.from_numpy(np.random.default_rng(3).normal(size=(5, 16))).float() * 0.8
+    # by brute force on the decoded grids: the 3 library grids nearest each sample's grid
+    distance = torch.cdist(codec.grids(samples).reshape(5, -1), codec.grids(library).reshape(17, -1))
+    expected = library[distance.topk(3, largest=False).indices].mean(dim=1)
+    assert torch.allclose(snapping.snap(samples), expected, atol=1e-5)
+    assert not torch.allclose(expected, samples, atol=0.1)  # the snap moved them
+    assert torch.equal(codec.snap(samples), samples)  # no library: as sampled
+    # decoding goes through it: a sample decodes as its snapped shape does without a library
+    latents = codec.pack(torch.from_numpy(poses[:5]), samples)
+    snapped = codec.pack(torch.from_numpy(poses[:5]), expected)
+    for (v, f), (w, g) in zip(snapping.meshes(latents), codec.meshes(snapped)):
+        assert np.array_equal(f, g) and np.allclose(v, w, atol=1e-5)
+
+
+def test_a_codec_with_a_library_saves_and_loads(tmp_path) -> None:
+    from scenewright.loading import load_component, save_component
+    from scenewright.training.shape_library import add_library
+
+    grids, poses = _objects(9)
+    codec = fit_codec(grids, poses, ShapeCodecConfig(grid_resolution=16, num_components=8, tokens=2, channels=8))
+    save_component(codec, tmp_path / "plain")
+    assert load_component(tmp_path / "plain").config.library_size == 0  # a codec from before libraries loads
+    snapping = add_library(codec, codec.project(torch.from_numpy(grids)), neighbours=2)
+    save_component(snapping, tmp_path / "library")
+    loaded = load_component(tmp_path / "library")
+    assert loaded.config.library_size == 9 and loaded.config.library_neighbours == 2
+    assert torch.equal(loaded.library, snapping.library)
+
+
+def test_the_library_holds_every_family_turned_and_mirrored_the_same_with_any_worker_count() -> None:
+    from scenewright.data.shapes import FAMILIES
+    from scenewright.training.shape_library import VARIANTS, _distinct, build_library, family_grids
+
+    chair = family_grids(FAMILIES.index("chair"), 1, seed=5, resolution=16, truncation=0.1).reshape(VARIANTS, 16, 16, 16)
+    for quarter in range(4):  # each quarter turn as it is, then mirrored through x
+        assert np.array_equal(chair[2 * quarter + 1], chair[2 * quarter][::-1])
+    assert not np.allclose(chair[0], chair[4], atol=0.05)  # a chair is not symmetric under a half turn
+    # the grid turned a quarter is the grid of the chair's mesh turned a quarter (+90 degrees about +Z)
+    rng = np.random.default_rng(0)
+    mesh = make_shape("chair", rng).mesh.copy()
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(math.pi / 2, (0, 0, 1)))
+    turned = sdf_grid(*_unit(mesh), 16, 0.1, rng)
+    plain = make_shape("chair", np.random.default_rng(0)).mesh
+    assert np.allclose(np.rot90(sdf_grid(*_unit(plain), 16, 0.1, rng), 1, axes=(0, 1)), turned, atol=0.02)
+
+    grids, poses = _objects(20)
+    codec = fit_codec(grids, poses, ShapeCodecConfig(grid_resolution=16, num_components=16, tokens=3, channels=8))
+    one = build_library(codec, 1, seed=5, workers=1)
+    two = build_library(codec, 1, seed=5, workers=2)
+    assert torch.equal(one, two) and one.shape[1] == 16
+    assert not torch.equal(one, build_library(codec, 1, seed=6, workers=1))
+    # turns and mirror images that give the same shape are kept once: a box once; a chair (its own mirror image)
+    # 3 times, facing the camera, away from it and sideways (a quarter turn either way, mirror images of each other)
+    gram = codec.basis @ codec.basis.T
+    box = torch.from_numpy(family_grids(FAMILIES.index("box"), 1, seed=5, resolution=16, truncation=0.1))
+    assert len(_distinct(codec.project(box), gram)) == 1
+    assert len(_distinct(codec.project(torch.from_numpy(chair.reshape(VARIANTS, -1))), gram)) == 3
+    assert len(FAMILIES) < len(one) < len(FAMILIES) * VARIANTS

@@ -39,7 +39,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(tmp_path: Path, **changes) -> RecipeConfig:
     return RecipeConfig(cases=CASES, workers=1, shard_size=5, fit_objects=40, grid_resolution=16, num_components=16,
                         steps=4, batch_size=6, warmup=2, checkpoint_every=2, threads=1, export=str(tmp_path / "model"),
-                        camera_steps=3, evaluate=False, **{"pose_head_scenes": 0, **changes})
+                        camera_steps=3, evaluate=False, **{"pose_head_scenes": 0, "library_objects": 1, **changes})
 
 
 # the condition encoder's extras with its camera head as the only camera estimate
@@ -75,6 +75,9 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert index["_scenewright"]["attention"] == attention and index["_scenewright"]["refine_poses"]
     assert index["_scenewright"]["camera_prior_weight"] == cfg.camera_prior_weight
     assert index["_scenewright"]["candidates"] == cfg.candidates
+    codec_config = json.loads((tmp_path / "model" / "shape_codec" / "config.json").read_text())
+    library = json.loads((run / "codec" / "library.json").read_text())["shapes"]
+    assert codec_config["library_size"] == library and 16 <= library <= 16 * 8  # duplicates left out
 
     assert ("camera_estimator" in index) == cfg.camera_estimator == (run / "camera" / "fit.json").is_file()
     if cfg.camera_estimator:

@@ -16,6 +16,13 @@ multiple of 90 degrees about +Z that leaves a residual yaw in [-45, 45) degrees:
 Both parts are standardised (zero mean, unit variance over the training set) and laid
 out as `tokens` x `channels` latent tokens: the pose first, then the coefficients.
 Decoding is linear up to marching cubes, so it needs no network and runs in milliseconds.
+
+A codec may carry a library of clean procedural shapes (their coefficients; built by
+`training/shape_library.py`). A sampled shape is then decoded as its nearest library shape (or the mean of its
+`library_neighbours` nearest; distance between the signed-distance grids):
+a sample lands near the right kind of object but with noise in every coefficient, which
+shows as lumps, holes and layered surfaces; its neighbours are clean objects of that kind
+(docs/results.md, "Shapes decoded from a library of clean ones").
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class ShapeCodecConfig(ConfigMixin):
     # connected pieces with less than this share of the largest piece's area are dropped: a sampled grid
     # may hold small floating blobs, which no blockout object has (composites are joined parts)
     min_piece: float = 0.1
+    library_size: int = 0  # shapes in the library (0: shapes are decoded as sampled)
+    library_neighbours: int = 1  # a sampled shape is decoded as the mean of this many nearest library shapes
 
     def __post_init__(self) -> None:
         if self.tokens * self.channels != POSE_SIZE + self.num_components:
@@ -105,6 +114,8 @@ class ShapeCodec(nn.Module):
         self.register_buffer("basis", torch.zeros(config.num_components, cells))
         self.register_buffer("pose_mean", torch.zeros(POSE_SIZE))
         self.register_buffer("pose_std", torch.ones(POSE_SIZE))
+        if config.library_size:  # a codec without one has no such weight (checkpoints from before libraries)
+            self.register_buffer("library", torch.zeros(config.library_size, config.num_components))
 
     # ---- the latent layout ------------------------------------------------------------
 
@@ -134,6 +145,23 @@ class ShapeCodec(nn.Module):
         flat = self.mean_grid.float() + coefficients.float() @ self.basis.float()
         return flat.view(-1, r, r, r)
 
+    def snap(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Whitened coefficients (N, K) -> the mean of each one's `library_neighbours` nearest library shapes.
+
+        Distances are those of the decoded grids: |(a - b) @ basis|^2 = (a - b) G (a - b) with G the
+        basis' Gram matrix, so no grid is formed. Without a library the coefficients come back unchanged.
+        """
+        if self.config.library_size == 0:
+            return coefficients
+        library = self.library.float()
+        gram = self.basis.float() @ self.basis.float().T
+        c = coefficients.float()
+        # |a - b|_G^2 = a G a - 2 a G b + b G b
+        distance = ((c @ gram) * c).sum(1, keepdim=True) - 2.0 * (c @ gram) @ library.T \
+            + ((library @ gram) * library).sum(1)[None, :]
+        nearest = distance.topk(min(self.config.library_neighbours, len(library)), dim=1, largest=False).indices
+        return library[nearest].mean(dim=1).to(coefficients.dtype)
+
     def smooth_gradient(self, gradient: torch.Tensor, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         """A latent-space gradient smoothed as a change of the signed-distance grid it stands for: mapped to
         the grid, convolved with a 3D Gaussian of `sigma` grid cells, projected back (TIMI's eq. 5 on the
@@ -157,12 +185,13 @@ class ShapeCodec(nn.Module):
 
         `resolution` resamples the grid trilinearly to that many samples per axis before
         marching cubes (smoother, denser meshes); None keeps the codec's own grid.
-        `check_cancel` is called between instances and raises to stop.
+        `check_cancel` is called between instances and raises to stop. With a library, each shape is
+        decoded as its nearest library shapes' mean (`snap`).
         """
         from ..meshing import grid_to_mesh
 
         poses, coefficients = self.unpack(latents)
-        grids = self.grids(coefficients)
+        grids = self.grids(self.snap(coefficients))
         native = self.config.grid_resolution
         if resolution is not None and resolution != native:
             grids = nn.functional.interpolate(grids[:, None], size=(resolution,) * 3, mode="trilinear",

@@ -5,6 +5,7 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 1. cases     RUN/cases/        procedural blockout scenes rendered by `make-data`
 2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
 3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
+   library   RUN/codec/        with --library-objects N: the codec's library of clean procedural shapes
    camera    RUN/camera/       with --camera-estimator on: the camera estimator (training/camera.py)
    pose-data RUN/pose-head/cases/, data/  with --pose-head-scenes N: N more scenes (`make-data --props varied`)
    branch    RUN/data/branch-*  with --attention scene_context only: each scene's scene row (I-Scene's scene
@@ -68,6 +69,11 @@ class RecipeConfig(ConfigMixin):
     shard_size: int = _setting(100, "scenes per data shard")
     fit_objects: int = _setting(6000, "objects the codec's PCA is fitted on (each also mirrored)")
     grid_resolution: int = _setting(32, "the shape codec's signed-distance grid, samples per axis")
+    library_objects: int = _setting(0, "objects of each shape family in a library the codec decodes sampled shapes "
+                                       "to, each in its 4 quarter turns and mirrored, e.g. 60 (0: none; cleaner "
+                                       "shapes and F-S, lower IoU-B on dev: docs/results.md, so off)")
+    library_neighbours: int = _setting(1, "a sampled shape is decoded as the mean of this many nearest library shapes "
+                                           "(1: the nearest; a mean thins out parts that sit apart, a table's legs)")
     num_components: int = _setting(64, "the codec's PCA components (with the 8 pose numbers a multiple of 8)")
     steps: int = _setting(9000, "DiT steps: about 87 minutes at 2 threads on an idle 2-core CPU with --cpu-bf16 "
                                 "(0.58 s a step; `scenewright bench train-step RUN`, docs/performance.md)")
@@ -123,7 +129,8 @@ class RecipeConfig(ConfigMixin):
 # where a run's results go, not what it trains: a resumed run may change them
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
 # settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
-ADDED_LATER = {"pose_head_scenes": 0}
+ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0}
+LIBRARY_FILE = "library.json"
 
 
 def training_settings(cfg: RecipeConfig) -> dict[str, Any]:
@@ -232,11 +239,51 @@ def fit_shape_codec(run: Path, cfg: RecipeConfig) -> None:
         latents = codec.pack(torch.from_numpy(poses), coefficients)
         mirror_latents = codec.pack(torch.from_numpy(mirror_poses), mirror_coefficients)
     folder = run / "codec"
+    (folder / LIBRARY_FILE).unlink(missing_ok=True)  # a new codec needs its library projected again
     save_component(codec, folder)
     np.savez(folder / LATENTS_FILE, latents=latents.numpy(), mirrored=mirror_latents.numpy())
     summary = {"objects": int(len(grids)), "fit_objects": int(len(pick)) * 2,
                "coefficient_std_min": float(coefficients.std(0).min()), "coefficient_std_max": float(coefficients.std(0).max())}
     (folder / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def make_shape_library(run: Path, cfg: RecipeConfig) -> None:
+    """RUN/codec gains its library of clean procedural shapes (written back in place; the export carries it)."""
+    from ..loading import load_component, save_component
+
+    codec, summary = _with_library(load_component(run / "codec"), cfg)
+    save_component(codec, run / "codec")
+    (run / "codec" / LIBRARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
+    """A model folder's shape codec gains the library, as the recipe's library stage builds it: a model trained
+    before that stage existed decodes through it without being trained again."""
+    from ..loading import load_component, save_component
+    from .train import CONFIG_FILE, EXPORT_DTYPE
+
+    start = time.perf_counter()
+    codec, summary = _with_library(load_component(folder / "shape_codec"), cfg)
+    save_component(codec.to(EXPORT_DTYPE), folder / "shape_codec")
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    record_path = folder / CONFIG_FILE
+    record = json.loads(record_path.read_text())
+    record["library"] = summary
+    if record.get("recipe") is not None:
+        record["recipe"].update(library_objects=cfg.library_objects, library_neighbours=cfg.library_neighbours)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _with_library(codec: Any, cfg: RecipeConfig) -> tuple[Any, dict[str, Any]]:
+    from .shape_library import add_library, build_library
+
+    def progress(family: str, count: int) -> None:
+        print(f"recipe: library: {family} ({count} shapes)", file=sys.stderr)
+
+    library = build_library(codec, cfg.library_objects, cfg.seed, cfg.workers, progress)
+    summary = {"shapes": len(library), "objects_per_family": cfg.library_objects, "neighbours": cfg.library_neighbours,
+               "seed": cfg.seed}
+    return add_library(codec, library, cfg.library_neighbours), summary
 
 
 def _branch_shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int) -> int:
@@ -396,6 +443,7 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
         ("cases", _rendered(run / "cases") >= cfg.cases, render_cases),
         ("data", _shards_complete(run / "data", cfg.cases, cfg), make_scene_data),
         ("codec", (run / "codec" / LATENTS_FILE).exists(), fit_shape_codec),
+        ("library", not cfg.library_objects or (run / "codec" / LIBRARY_FILE).exists(), make_shape_library),
         ("camera", not cfg.camera_estimator or (run / CAMERA_DIR / "fit.json").exists(), train_camera_stage),
         ("pose-data", _pose_data_done(run, cfg), make_pose_head_data),
     ]
