@@ -177,6 +177,13 @@ def test_a_run_started_before_the_frozen_pose_head_resumes_without_it(rendered, 
     assert not (run / "pose-head").exists()
 
 
+def test_a_library_needs_objects(tmp_path):
+    from scenewright.training.recipe import add_shape_library
+
+    with pytest.raises(ValueError, match="library_objects is 0"):
+        add_shape_library(tmp_path, RecipeConfig())
+
+
 def test_num_components_must_fill_tokens():
     from scenewright.training.recipe import recipe_preset
 

@@ -262,6 +262,8 @@ def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
     from ..loading import load_component, save_component
     from .train import CONFIG_FILE, EXPORT_DTYPE
 
+    if cfg.library_objects < 1:
+        raise ValueError(f"a library needs objects: library_objects is {cfg.library_objects} (e.g. 60)")
     start = time.perf_counter()
     codec, summary = _with_library(load_component(folder / "shape_codec"), cfg)
     save_component(codec.to(EXPORT_DTYPE), folder / "shape_codec")
