@@ -145,20 +145,21 @@ class ShapeCodec(nn.Module):
         flat = self.mean_grid.float() + coefficients.float() @ self.basis.float()
         return flat.view(-1, r, r, r)
 
-    def snap(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """Whitened coefficients (N, K) -> the mean of each one's `library_neighbours` nearest library shapes.
+    def grid_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Squared distances (Na, Nb) between the grids that whitened coefficients a (Na, K) and b (Nb, K)
+        decode to: |(a - b) @ basis|^2 = a G a - 2 a G b + b G b with G the basis' Gram matrix, so no grid
+        is formed."""
+        gram = self.basis.float() @ self.basis.float().T
+        a, b = a.float(), b.float()
+        return ((a @ gram) * a).sum(1, keepdim=True) - 2.0 * (a @ gram) @ b.T + ((b @ gram) * b).sum(1)[None, :]
 
-        Distances are those of the decoded grids: |(a - b) @ basis|^2 = (a - b) G (a - b) with G the
-        basis' Gram matrix, so no grid is formed. Without a library the coefficients come back unchanged.
-        """
+    def snap(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Whitened coefficients (N, K) -> the mean of each one's `library_neighbours` nearest library shapes
+        (`grid_distances`). Without a library the coefficients come back unchanged."""
         if self.config.library_size == 0:
             return coefficients
         library = self.library.float()
-        gram = self.basis.float() @ self.basis.float().T
-        c = coefficients.float()
-        # |a - b|_G^2 = a G a - 2 a G b + b G b
-        distance = ((c @ gram) * c).sum(1, keepdim=True) - 2.0 * (c @ gram) @ library.T \
-            + ((library @ gram) * library).sum(1)[None, :]
+        distance = self.grid_distances(coefficients, library)
         nearest = distance.topk(min(self.config.library_neighbours, len(library)), dim=1, largest=False).indices
         return library[nearest].mean(dim=1).to(coefficients.dtype)
 

@@ -50,21 +50,19 @@ def build_library(codec: ShapeCodec, objects_per_family: int, seed: int, workers
     those not within DUPLICATE_DISTANCE of one before them."""
     config = codec.config
     task = [(family, objects_per_family, seed, config.grid_resolution, config.truncation) for family in range(len(FAMILIES))]
-    gram = codec.basis.float() @ codec.basis.float().T
     out = []
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for family, grids in enumerate(pool.map(family_grids, *zip(*task))):
             with torch.no_grad():
-                out.append(_distinct(codec.project(torch.from_numpy(grids)), gram))
+                out.append(_distinct(codec.project(torch.from_numpy(grids)), codec))
             if progress is not None:
                 progress(FAMILIES[family], len(out[-1]))
     return torch.cat(out)
 
 
-def _distinct(coefficients: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """The rows not within DUPLICATE_DISTANCE (squared grid distance, (a - b) G (a - b)) of an earlier row."""
-    norms = ((coefficients @ gram) * coefficients).sum(1)
-    distance = norms[:, None] - 2.0 * (coefficients @ gram) @ coefficients.T + norms[None, :]
+def _distinct(coefficients: torch.Tensor, codec: ShapeCodec) -> torch.Tensor:
+    """The rows not within DUPLICATE_DISTANCE (`ShapeCodec.grid_distances`) of an earlier kept row."""
+    distance = codec.grid_distances(coefficients, coefficients)
     earlier = torch.tril(distance < DUPLICATE_DISTANCE, diagonal=-1)
     keep = torch.ones(len(coefficients), dtype=torch.bool)
     for i in range(len(coefficients)):  # a row is left out only for a kept one before it
