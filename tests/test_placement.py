@@ -394,6 +394,35 @@ def test_refine_poses_restores_the_aspect_of_stretched_instances():
         assert abs(v0[:, 2].min() - v1[:, 2].min()) < 1e-9
 
 
+def _in_box(mesh, like):
+    """`mesh` stretched per axis into the bounding box of `like` (another shape in the same pose)."""
+    vertices, lo, hi = mesh[0], like[0].min(axis=0), like[0].max(axis=0)
+    unit = (vertices - vertices.min(axis=0)) / np.ptp(vertices, axis=0)
+    return lo + unit * (hi - lo), mesh[1]
+
+
+def test_refine_poses_keeps_the_offered_shape_whose_silhouette_fits_the_mask():
+    """A blob in the table's box gives way to the table among the shapes offered in its pose; a right shape stays,
+    and an instance offered nothing is fitted as without alternatives."""
+    meshes = _scene()
+    camera = camera_from_params(25.0, 50.0, (0.0, -2.0, 2.2), SIZE)
+    seg = _seg(meshes, camera)
+    masks = [seg == k + 1 for k in range(len(meshes))]
+    table = meshes[0]
+    blob = _in_box(_box((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), table)
+    shrunk = [(v * 0.95 + v.mean(axis=0) * 0.05, f) for v, f in meshes[1:]]  # a little off: each is refitted
+    given = [blob, *shrunk]
+    offered = [[_in_box(_cylinder(1.0, 1.0, (0.0, 0.0, 0.0)), blob), table], [], [], [_in_box(table, shrunk[2])]]
+    refined = refine_poses(given, masks, camera, alternatives=offered)
+    plain = refine_poses(given, masks, camera)
+    assert np.array_equal(refined[0][1], table[1]) and not np.array_equal(plain[0][1], table[1])
+    assert _reproj_iou(refined[:1], seg, camera) > _reproj_iou(plain[:1], seg, camera) + 0.2
+    assert np.array_equal(refined[3][1], shrunk[2][1])  # the box stays a box: a table fits its mask worse
+    for k in (1, 2, 3):
+        assert np.allclose(refined[k][0], plain[k][0])
+    assert abs(refined[0][0][:, 2].min() - blob[0][:, 2].min()) < 1e-9  # the contact height kept
+
+
 def test_supported_instances_are_fitted_again_with_their_support_counting():
     """A generated prop too large and too far forward on its table spills over the table's top in the picture.
     Where the table's pixels may hide it (the fit before placement) a spilling pose fits perfectly; once the

@@ -143,25 +143,30 @@ def test_small_floating_pieces_are_dropped():
     assert len(kept[1]) == 24  # 1 % of the area is above 0.1 %: both stay
 
 
-def test_snap_takes_the_mean_of_the_nearest_library_shapes_by_grid_distance() -> None:
+def test_alternatives_are_the_nearest_library_shapes_by_grid_distance_in_the_samples_pose() -> None:
     from scenewright.training.shape_library import add_library
 
     grids, poses = _objects(17)
     codec = fit_codec(grids, poses, ShapeCodecConfig(grid_resolution=16, num_components=16, tokens=3, channels=8))
     library = codec.project(torch.from_numpy(grids))
-    snapping = add_library(codec, library, neighbours=3)
+    with_library = add_library(codec, library)
     samples = library[:5] + torch.from_numpy(np.random.default_rng(3).normal(size=(5, 16))).float() * 0.8
-    # by brute force on the decoded grids: the 3 library grids nearest each sample's grid
-    distance = torch.cdist(codec.grids(samples).reshape(5, -1), codec.grids(library).reshape(17, -1))
-    expected = library[distance.topk(3, largest=False).indices].mean(dim=1)
-    assert torch.allclose(snapping.snap(samples), expected, atol=1e-5)
-    assert not torch.allclose(expected, samples, atol=0.1)  # the snap moved them
-    assert torch.equal(codec.snap(samples), samples)  # no library: as sampled
-    # decoding goes through it: a sample decodes as its snapped shape does without a library
-    latents = codec.pack(torch.from_numpy(poses[:5]), samples)
-    snapped = codec.pack(torch.from_numpy(poses[:5]), expected)
-    for (v, f), (w, g) in zip(snapping.meshes(latents), codec.meshes(snapped)):
-        assert np.array_equal(f, g) and np.allclose(v, w, atol=1e-5)
+    # by brute force on the decoded grids: the 3 library grids nearest each sample's grid, nearest first
+    distance = torch.cdist(with_library.grids(samples).reshape(5, -1), with_library.grids(library).reshape(17, -1))
+    expected = distance.topk(3, largest=False).indices
+    assert torch.equal(with_library.nearest_library_shapes(samples, 3), expected)
+    assert codec.nearest_library_shapes(samples, 3).shape == (5, 0)  # no library: none
+    latents = with_library.pack(torch.from_numpy(poses[:5]), samples)
+    # a sample still decodes as sampled; each alternative as its library shape in the sample's pose
+    for (v, f), (w, g) in zip(with_library.meshes(latents), codec.meshes(latents)):
+        assert np.array_equal(f, g) and np.allclose(v, w)
+    alternatives = with_library.alternatives(latents, 3)
+    for k, meshes in enumerate(alternatives):
+        assert len(meshes) == 3
+        in_pose = codec.meshes(codec.pack(torch.from_numpy(poses[k : k + 1]).repeat(3, 1), library[expected[k]]))
+        for (v, f), (w, g) in zip(meshes, in_pose):
+            assert np.array_equal(f, g) and np.allclose(v, w, atol=1e-5)
+    assert codec.alternatives(latents, 3) == [[]] * 5
 
 
 def test_a_codec_with_a_library_saves_and_loads(tmp_path) -> None:
@@ -172,11 +177,11 @@ def test_a_codec_with_a_library_saves_and_loads(tmp_path) -> None:
     codec = fit_codec(grids, poses, ShapeCodecConfig(grid_resolution=16, num_components=8, tokens=2, channels=8))
     save_component(codec, tmp_path / "plain")
     assert load_component(tmp_path / "plain").config.library_size == 0  # a codec from before libraries loads
-    snapping = add_library(codec, codec.project(torch.from_numpy(grids)), neighbours=2)
-    save_component(snapping, tmp_path / "library")
+    with_library = add_library(codec, codec.project(torch.from_numpy(grids)))
+    save_component(with_library, tmp_path / "library")
     loaded = load_component(tmp_path / "library")
-    assert loaded.config.library_size == 9 and loaded.config.library_neighbours == 2
-    assert torch.equal(loaded.library, snapping.library)
+    assert loaded.config.library_size == 9
+    assert torch.equal(loaded.library, with_library.library)
 
 
 def test_the_library_holds_every_family_turned_and_mirrored_the_same_with_any_worker_count() -> None:

@@ -50,6 +50,15 @@ class GenerationCancelled(Exception):
     """should_cancel() turned true; raised between sampler steps and between chunks of mesh queries."""
 
 
+@dataclass
+class CandidateScene:
+    """One sampled scene before placement, in the view frame and decimated to the request's face limit."""
+
+    meshes: list[tuple[np.ndarray, np.ndarray] | None]  # per instance; None where it has no surface
+    # per instance: the library shapes nearest its sample, in its pose (PipelineOptions.shape_alternatives)
+    alternatives: list[list[tuple[np.ndarray, np.ndarray]]]
+
+
 class EmptyResult(ValueError):
     """No instance came out with a surface: there is nothing to place or export; the message says what to try."""
 
@@ -73,6 +82,10 @@ class PipelineOptions(ConfigMixin):
     camera_prior_weight: float = 0.0
     # with a pose head (models/pose_head.py): its share of each instance's pose token, the sampler's the rest
     pose_head_blend: float = 0.5
+    # with a shape codec that has a library: this many library shapes nearest each sampled one are tried against
+    # its mask after the pose fit, and one whose silhouette fits better replaces it (placement.refine_poses; needs
+    # refine_poses); 0: shapes as sampled
+    shape_alternatives: int = 0
 
 
 class MidiConditions:
@@ -184,6 +197,9 @@ class ScenePipeline:
             modules.append(self.pose_head)
         self.options = options
         self.source = source
+        if options.shape_alternatives > 0 and not hasattr(self.decoder, "alternatives"):
+            raise ValueError(f"shape_alternatives is {options.shape_alternatives}, but this model's decoder "
+                             f"({type(self.decoder).__name__}) has no library of shapes to offer")
         for module in (self.transformer, self.decoder, *modules):
             module.eval().requires_grad_(False)
 
@@ -302,6 +318,10 @@ class ScenePipeline:
             raise ValueError(f"mi_blocks {bad} do not exist: this model has blocks 0..{num_layers - 1}")
         return self.transformer.layout(blocks, self.options.attention)
 
+    def refines_poses(self, settings: GenerationSettings) -> bool:
+        """Whether the request's placement fits poses to the masks (the request's setting, else the model's)."""
+        return self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
+
     def decode(self, latents: torch.Tensor, resolution: int | None = None,
                should_cancel: CancelFn | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """One mesh per instance in the model's native frame (None where it has no surface)."""
@@ -320,11 +340,10 @@ class ScenePipeline:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         timings: dict[str, float] | None = None,
-    ) -> tuple[list[list[tuple[np.ndarray, np.ndarray] | None]], tuple[float, float] | None]:
+    ) -> tuple[list[CandidateScene], tuple[float, float] | None]:
         """Encode, denoise and decode the request's candidate scenes (candidate k from seed + k, all denoised
-        together), before any placement: per candidate one mesh per instance in the view frame (None where it
-        has no surface), decimated to the request's face limit; and the model's camera estimate (pitch, fov),
-        if it has one. `timings` receives the seconds of each stage."""
+        together), before any placement; and the model's camera estimate (pitch, fov), if it has one. `timings`
+        receives the seconds of each stage."""
         report = progress or (lambda stage, step, total: None)
         timings = {} if timings is None else timings
         clock = time.perf_counter()
@@ -353,11 +372,20 @@ class ScenePipeline:
 
         clock = time.perf_counter()
         report("decode", 0, 1)
-        decoded = self.decode(latents.reshape(-1, *latents.shape[2:]), settings.mesh_resolution, should_cancel)
+        flat = latents.reshape(-1, *latents.shape[2:])
+        decoded = self.decode(flat, settings.mesh_resolution, should_cancel)
+        alternatives = [[] for _ in decoded]
+        if self.options.shape_alternatives > 0 and self.refines_poses(settings):  # the pose fit chooses among them
+            alternatives = self.decoder.alternatives(flat, self.options.shape_alternatives,
+                                                     settings.mesh_resolution or self.options.mesh_resolution)
         max_faces = settings.max_faces or self.options.max_faces
-        if max_faces:
-            decoded = [None if mesh is None else decimate(*mesh, max_faces) for mesh in decoded]
-        views = [[_to_view_frame(mesh, self.options.frame) for mesh in decoded[k * len(instances) : (k + 1) * len(instances)]]
+
+        def finished(mesh: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            return _to_view_frame(decimate(*mesh, max_faces) if max_faces else mesh, self.options.frame)
+
+        # the alternatives are decimated as the samples are, so that their silhouettes compare like for like
+        views = [CandidateScene([None if m is None else finished(m) for m in decoded[k * len(instances) : (k + 1) * len(instances)]],
+                                [[finished(m) for m in ms] for ms in alternatives[k * len(instances) : (k + 1) * len(instances)]])
                  for k in range(candidates)]
         timings["decode"] = time.perf_counter() - clock
         return views, camera_estimate
@@ -386,13 +414,13 @@ class ScenePipeline:
         timings["preprocess"] = time.perf_counter() - clock
 
         views, camera_estimate = self.sample_candidates(scene, instances, settings, report, should_cancel, timings)
-        views = [v for v in views if any(mesh is not None for mesh in v)]
+        views = [v for v in views if any(mesh is not None for mesh in v.meshes)]
         if not views:
             raise EmptyResult(f"none of the {len(instances)} instances came out with a surface; try another seed, more "
                               "steps or another guidance scale")
 
         clock = time.perf_counter()
-        refine = self.options.refine_poses if settings.refine_poses is None else settings.refine_poses
+        refine = self.refines_poses(settings)
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
         # every candidate is placed, side by side on the CPU's cores (numpy and scipy release the GIL for much of
         # the silhouette fits: 1.51 s to 1.15 s for three candidates on two cores, docs/performance.md); the
@@ -491,15 +519,16 @@ def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str
 
 def _place(
     instances: Sequence[InstanceMask],
-    meshes: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    view: CandidateScene,
     image: np.ndarray,
     scene_size_m: float | None,
     native_frame: str,
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
 ) -> Placement:
-    """Camera solve, [pose refinement], ground and scale, [depths of round footprints and of flat tops (from the
-    picture, image: (H, W, 3))]: each candidate scene's placement; `_finish_placement` completes the one kept.
+    """Camera solve, [pose refinement, choosing among the view's alternative shapes], ground and scale, [depths of
+    round footprints and of flat tops (from the picture, image: (H, W, 3))]: each candidate scene's placement;
+    `_finish_placement` completes the one kept.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -511,6 +540,7 @@ def _place(
     from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, solve_camera
 
     masks = [i.mask for i in instances]
+    meshes = view.meshes
     image_size = (image.shape[1], image.shape[0])
     gravity_only = native_frame == "midi"
     config = CameraSolveConfig(solve_yaw=gravity_only)
@@ -524,7 +554,7 @@ def _place(
     camera = None
     if refine:
         camera, _ = solve_camera(meshes, masks, image_size, config)
-        meshes = refine_poses(meshes, masks, camera)
+        meshes = refine_poses(meshes, masks, camera, alternatives=view.alternatives)
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
     return fit_depths(placement, masks, image) if refine else placement

@@ -346,7 +346,8 @@ def solve_camera(
 
 def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], camera: Camera,
                  evaluations: int = 40, max_faces: int = 1500,
-                 hidden: Sequence[np.ndarray] | None = None) -> list[Mesh | None]:
+                 hidden: Sequence[np.ndarray] | None = None,
+                 alternatives: Sequence[Sequence[Mesh]] | None = None) -> list[Mesh | None]:
     """Fit each instance's pose to its mask through a solved camera: a shift along the ground, a scale about its
     bottom centre (uniform, times a stretch along each of its own axes) and a turn about its vertical axis, so
     its contact height is kept.
@@ -365,56 +366,95 @@ def refine_poses(meshes: Sequence[Mesh | None], masks: Sequence[np.ndarray], cam
     that generate poses, whose instances the camera solve leaves somewhat off their masks.
     Meshes are in the camera's frame. `hidden` (per instance, (H, W) bool): where each may be
     hidden by another; by default every other instance's mask.
+
+    `alternatives` (per instance, other shapes in the same generated pose: the codec's library shapes nearest
+    the sampled one): each is moved as the fit moved the instance, and the one whose silhouette fits the mask
+    best, if better than the instance's own, replaces it and is fitted again from there.
     """
     all_masks = [np.asarray(m, bool) for m in masks]
     others = other_masks(all_masks, all_masks) if hidden is None else [np.asarray(h, bool) for h in hidden]
-    directions = outline_directions(8)
-    side = float(max(camera.resolution))
-    x_scale = np.array([0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1])
-    simplex_steps = np.array([0.03, 0.03, 0.03, 0.1, 0.03, 0.03, 0.03])
-    prior = 0.01  # weight of |x|^2 in the IoU loss (its square root in the outline residuals)
-    upper = np.array([np.inf] * 4 + [STRETCH_LIMIT] * 3)
-    limits = list(zip(-upper, upper))
     out = list(meshes)
     for i, mesh in enumerate(meshes):
         if not _usable(mesh) or not all_masks[i].any():
             continue
-        vertices, faces = np.asarray(mesh[0], np.float64), np.asarray(mesh[1], np.int64)
-        low = _decimate(vertices, faces, max_faces)
-        hull = _extreme_points(vertices, 200)
-        extent, open_sides = mask_support(all_masks[i], others[i], directions)
-        scorer = _SpanScorer([all_masks[i]], [others[i]])
-        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-        size = max(float((hi - lo).max()), 1e-12)
-        pivot = np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, lo[2]])
-
-        def moved(x: np.ndarray, points: np.ndarray) -> np.ndarray:
-            c, s = math.cos(x[3]), math.sin(x[3])
-            turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-            stretched = (points - pivot) * np.exp(x[4:7])
-            return (stretched @ turn.T) * math.exp(x[2]) + pivot + np.array([x[0], x[1], 0.0]) * size
-
-        def outline(x: np.ndarray) -> np.ndarray:
-            uv, depth = camera.project(moved(x, hull))
-            r = ((uv @ directions.T).max(axis=0) - extent) / side
-            behind = np.maximum(0.05 * size - depth.min(), 0.0) * 10.0
-            return np.concatenate([np.where(open_sides, np.minimum(r, 0.0), r), [behind], math.sqrt(prior) * x])
-
-        def loss(x: np.ndarray) -> float:
-            iou = scorer.ious(silhouette_spans([(moved(x, low[0]), low[1])], camera))[0]
-            return 1.0 - float(iou) + prior * float(np.sum(x**2))
-
-        start = np.zeros(len(x_scale))
-        fit = least_squares(outline, start, loss="soft_l1", f_scale=0.01, x_scale=x_scale, max_nfev=100,
-                            bounds=(-upper, upper))
-        begin = fit.x if loss(fit.x) < loss(start) else start
-        simplex = np.vstack([begin] + [begin + np.eye(len(begin))[k] * step for k, step in enumerate(simplex_steps)])
-        result = minimize(loss, begin, method="Nelder-Mead", bounds=limits,
-                          options={"maxfev": evaluations, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-4})
-        best = result.x if result.fun < loss(begin) else begin
-        if loss(best) < loss(start):
-            out[i] = (moved(best, vertices), faces)
+        fit = _PoseFit(mesh, all_masks[i], others[i], camera, max_faces)
+        x = fit.fit(evaluations)
+        choices = [_PoseFit(m, all_masks[i], others[i], camera, max_faces, frame=fit)
+                   for m in (alternatives[i] if alternatives is not None else ()) if _usable(m)]
+        scored = [(choice.iou(x), k, choice) for k, choice in enumerate(choices)]
+        if scored and max(scored)[0] > fit.iou(x):
+            fit = max(scored)[2]
+            x = fit.fit(evaluations, start=x)
+        if x is not None or fit.mesh is not mesh:
+            out[i] = fit.placed(x)
     return out
+
+
+class _PoseFit:
+    """One instance's pose fit of `refine_poses`: its parameters x -> moved vertices, the outline residuals and
+    the silhouette loss. `frame` (another fit of the same instance): use its pivot, size and scorer, so that the
+    same x moves this mesh as it moves that one (a shape in the same pose)."""
+
+    PRIOR = 0.01  # weight of |x|^2 in the IoU loss (its square root in the outline residuals)
+    X_SCALE = np.array([0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1])
+    SIMPLEX_STEPS = np.array([0.03, 0.03, 0.03, 0.1, 0.03, 0.03, 0.03])
+    UPPER = np.array([np.inf] * 4 + [STRETCH_LIMIT] * 3)
+
+    def __init__(self, mesh: Mesh, mask: np.ndarray, other: np.ndarray, camera: Camera, max_faces: int,
+                 frame: "_PoseFit | None" = None):
+        self.mesh = mesh
+        self.vertices, self.faces = np.asarray(mesh[0], np.float64), np.asarray(mesh[1], np.int64)
+        self.low = _decimate(self.vertices, self.faces, max_faces)
+        self.mask, self.other, self.camera = mask, other, camera
+        self.scorer = _SpanScorer([mask], [other]) if frame is None else frame.scorer
+        if frame is None:
+            lo, hi = self.vertices.min(axis=0), self.vertices.max(axis=0)
+            self.size = max(float((hi - lo).max()), 1e-12)
+            self.pivot = np.array([(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, lo[2]])
+        else:
+            self.size, self.pivot = frame.size, frame.pivot
+
+    def moved(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:
+        c, s = math.cos(x[3]), math.sin(x[3])
+        turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        stretched = (points - self.pivot) * np.exp(x[4:7])
+        return (stretched @ turn.T) * math.exp(x[2]) + self.pivot + np.array([x[0], x[1], 0.0]) * self.size
+
+    def iou(self, x: np.ndarray | None) -> float:
+        x = np.zeros(len(self.X_SCALE)) if x is None else x
+        return float(self.scorer.ious(silhouette_spans([(self.moved(x, self.low[0]), self.low[1])], self.camera))[0])
+
+    def loss(self, x: np.ndarray) -> float:
+        return 1.0 - self.iou(x) + self.PRIOR * float(np.sum(x**2))
+
+    def fit(self, evaluations: int, start: np.ndarray | None = None) -> np.ndarray | None:
+        """The fitted parameters (from the outline fit, or from `start`), or None where no pose beats the
+        generated one (x = 0)."""
+        zero = np.zeros(len(self.X_SCALE))
+        if start is None:
+            directions = outline_directions(8)
+            side = float(max(self.camera.resolution))
+            hull = _extreme_points(self.vertices, 200)
+            extent, open_sides = mask_support(self.mask, self.other, directions)
+
+            def outline(x: np.ndarray) -> np.ndarray:
+                uv, depth = self.camera.project(self.moved(x, hull))
+                r = ((uv @ directions.T).max(axis=0) - extent) / side
+                behind = np.maximum(0.05 * self.size - depth.min(), 0.0) * 10.0
+                return np.concatenate([np.where(open_sides, np.minimum(r, 0.0), r), [behind],
+                                       math.sqrt(self.PRIOR) * x])
+
+            result = least_squares(outline, zero, loss="soft_l1", f_scale=0.01, x_scale=self.X_SCALE, max_nfev=100,
+                                   bounds=(-self.UPPER, self.UPPER))
+            start = result.x if self.loss(result.x) < self.loss(zero) else zero
+        simplex = np.vstack([start] + [start + np.eye(len(start))[k] * step for k, step in enumerate(self.SIMPLEX_STEPS)])
+        result = minimize(self.loss, start, method="Nelder-Mead", bounds=list(zip(-self.UPPER, self.UPPER)),
+                          options={"maxfev": evaluations, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-4})
+        best = result.x if result.fun < self.loss(start) else start
+        return best if self.loss(best) < self.loss(zero) else None
+
+    def placed(self, x: np.ndarray | None) -> Mesh:
+        return (self.vertices if x is None else self.moved(x, self.vertices), self.faces)
 
 
 def refine_supported(placement: Placement, masks: Sequence[np.ndarray],

@@ -78,6 +78,7 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     codec_config = json.loads((tmp_path / "model" / "shape_codec" / "config.json").read_text())
     library = json.loads((run / "codec" / "library.json").read_text())["shapes"]
     assert codec_config["library_size"] == library and 16 <= library <= 16 * 8  # duplicates left out
+    assert index["_scenewright"]["shape_alternatives"] == cfg.shape_alternatives > 0
 
     assert ("camera_estimator" in index) == cfg.camera_estimator == (run / "camera" / "fit.json").is_file()
     if cfg.camera_estimator:
@@ -181,7 +182,7 @@ def test_a_library_needs_objects(tmp_path):
     from scenewright.training.recipe import add_shape_library
 
     with pytest.raises(ValueError, match="library_objects is 0"):
-        add_shape_library(tmp_path, RecipeConfig())
+        add_shape_library(tmp_path, RecipeConfig(library_objects=0))
 
 
 def test_num_components_must_fill_tokens():

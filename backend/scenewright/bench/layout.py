@@ -51,7 +51,7 @@ def run_layout(cases_dir: str | Path, model: str = "default", seeds: tuple[int, 
         truth = normalised_boxes({i.id: i.mesh for i in case.instances})
         scores = []
         for view in views:
-            boxes = normalised_boxes({i.id: m for i, m in zip(instances, view) if m is not None})
+            boxes = normalised_boxes({i.id: m for i, m in zip(instances, view.meshes) if m is not None})
             scores.append(sum(box_iou(boxes[k], box) for k, box in truth.items() if k in boxes))
         totals += scores
         instances_total += len(truth)

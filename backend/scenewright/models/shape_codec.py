@@ -18,11 +18,11 @@ out as `tokens` x `channels` latent tokens: the pose first, then the coefficient
 Decoding is linear up to marching cubes, so it needs no network and runs in milliseconds.
 
 A codec may carry a library of clean procedural shapes (their coefficients; built by
-`training/shape_library.py`). A sampled shape is then decoded as its nearest library shape (or the mean of its
-`library_neighbours` nearest; distance between the signed-distance grids):
-a sample lands near the right kind of object but with noise in every coefficient, which
-shows as lumps, holes and layered surfaces; its neighbours are clean objects of that kind
-(docs/results.md, "Shapes decoded from a library of clean ones").
+`training/shape_library.py`): a sample lands near the right kind of object but with noise in
+every coefficient, which shows as lumps, holes and layered surfaces; its nearest library shapes
+(distance between the signed-distance grids) are clean objects of that kind. `alternatives`
+decodes them in the sample's pose, and the placement keeps one where its silhouette fits the
+instance's mask better than the sample's (docs/results.md, "Library shapes chosen by their silhouette").
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ class ShapeCodecConfig(ConfigMixin):
     # connected pieces with less than this share of the largest piece's area are dropped: a sampled grid
     # may hold small floating blobs, which no blockout object has (composites are joined parts)
     min_piece: float = 0.1
-    library_size: int = 0  # shapes in the library (0: shapes are decoded as sampled)
-    library_neighbours: int = 1  # a sampled shape is decoded as the mean of this many nearest library shapes
+    library_size: int = 0  # clean shapes in the library (`alternatives`; 0: none)
 
     def __post_init__(self) -> None:
         if self.tokens * self.channels != POSE_SIZE + self.num_components:
@@ -153,15 +152,14 @@ class ShapeCodec(nn.Module):
         a, b = a.float(), b.float()
         return ((a @ gram) * a).sum(1, keepdim=True) - 2.0 * (a @ gram) @ b.T + ((b @ gram) * b).sum(1)[None, :]
 
-    def snap(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """Whitened coefficients (N, K) -> the mean of each one's `library_neighbours` nearest library shapes
-        (`grid_distances`). Without a library the coefficients come back unchanged."""
-        if self.config.library_size == 0:
-            return coefficients
-        library = self.library.float()
-        distance = self.grid_distances(coefficients, library)
-        nearest = distance.topk(min(self.config.library_neighbours, len(library)), dim=1, largest=False).indices
-        return library[nearest].mean(dim=1).to(coefficients.dtype)
+    def nearest_library_shapes(self, coefficients: torch.Tensor, count: int) -> torch.Tensor:
+        """Whitened coefficients (N, K) -> the indices (N, count) of each one's nearest library shapes
+        (`grid_distances`), nearest first; (N, 0) without a library."""
+        count = min(count, self.config.library_size)
+        if count <= 0:
+            return torch.zeros(len(coefficients), 0, dtype=torch.long)
+        distance = self.grid_distances(coefficients, self.library.float())
+        return distance.topk(count, dim=1, largest=False).indices
 
     def smooth_gradient(self, gradient: torch.Tensor, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         """A latent-space gradient smoothed as a change of the signed-distance grid it stands for: mapped to
@@ -186,13 +184,30 @@ class ShapeCodec(nn.Module):
 
         `resolution` resamples the grid trilinearly to that many samples per axis before
         marching cubes (smoother, denser meshes); None keeps the codec's own grid.
-        `check_cancel` is called between instances and raises to stop. With a library, each shape is
-        decoded as its nearest library shapes' mean (`snap`).
+        `check_cancel` is called between instances and raises to stop.
         """
+        poses, coefficients = self.unpack(latents)
+        return self._decode(poses, coefficients, resolution, check_cancel)
+
+    @torch.no_grad()
+    def alternatives(self, latents: torch.Tensor, count: int, resolution: int | None = None,
+                     check_cancel: Callable[[], None] | None = None) -> list[list[Mesh]]:
+        """Per latent, its `count` nearest library shapes (`nearest_library_shapes`) decoded as `meshes`
+        decodes it, in its pose; empty lists without a library."""
+        poses, coefficients = self.unpack(latents)
+        nearest = self.nearest_library_shapes(coefficients, count)
+        if nearest.shape[1] == 0:
+            return [[] for _ in range(len(latents))]
+        decoded = self._decode(poses.repeat_interleave(nearest.shape[1], dim=0),
+                               self.library.float()[nearest.reshape(-1)], resolution, check_cancel)
+        per = nearest.shape[1]
+        return [[m for m in decoded[k * per : (k + 1) * per] if m is not None] for k in range(len(latents))]
+
+    def _decode(self, poses: torch.Tensor, coefficients: torch.Tensor, resolution: int | None,
+                check_cancel: Callable[[], None] | None) -> list[Mesh | None]:
         from ..meshing import grid_to_mesh
 
-        poses, coefficients = self.unpack(latents)
-        grids = self.grids(self.snap(coefficients))
+        grids = self.grids(coefficients)
         native = self.config.grid_resolution
         if resolution is not None and resolution != native:
             grids = nn.functional.interpolate(grids[:, None], size=(resolution,) * 3, mode="trilinear",

@@ -5,7 +5,7 @@ Stages, each resumable (a finished stage is skipped, an interrupted one continue
 1. cases     RUN/cases/        procedural blockout scenes rendered by `make-data`
 2. data      RUN/data/         scene shards: condition-encoder inputs, box poses, SDF grids
 3. codec     RUN/codec/        the shape codec (closed-form PCA) and every instance's latent
-   library   RUN/codec/        with --library-objects N: the codec's library of clean procedural shapes
+   library   RUN/codec/        the codec's library of clean procedural shapes (--library-objects N; 0: none)
    camera    RUN/camera/       with --camera-estimator on: the camera estimator (training/camera.py)
    pose-data RUN/pose-head/cases/, data/  with --pose-head-scenes N: N more scenes (`make-data --props varied`)
    branch    RUN/data/branch-*  with --attention scene_context only: each scene's scene row (I-Scene's scene
@@ -69,11 +69,11 @@ class RecipeConfig(ConfigMixin):
     shard_size: int = _setting(100, "scenes per data shard")
     fit_objects: int = _setting(6000, "objects the codec's PCA is fitted on (each also mirrored)")
     grid_resolution: int = _setting(32, "the shape codec's signed-distance grid, samples per axis")
-    library_objects: int = _setting(0, "objects of each shape family in a library the codec decodes sampled shapes "
-                                       "to, each in its 4 quarter turns and mirrored, e.g. 60 (0: none; cleaner "
-                                       "shapes and F-S, lower IoU-B on dev: docs/results.md, so off)")
-    library_neighbours: int = _setting(1, "a sampled shape is decoded as the mean of this many nearest library shapes "
-                                           "(1: the nearest; a mean thins out parts that sit apart, a table's legs)")
+    library_objects: int = _setting(60, "objects of each shape family in the codec's library of clean shapes, each "
+                                        "in its 4 quarter turns and mirrored (0: none)")
+    shape_alternatives: int = _setting(8, "library shapes nearest each sampled one tried against its mask after the "
+                                          "pose fit, one kept where its silhouette fits better (0: shapes as "
+                                          "sampled; needs a library)")
     num_components: int = _setting(64, "the codec's PCA components (with the 8 pose numbers a multiple of 8)")
     steps: int = _setting(9000, "DiT steps: about 87 minutes at 2 threads on an idle 2-core CPU with --cpu-bf16 "
                                 "(0.58 s a step; `scenewright bench train-step RUN`, docs/performance.md)")
@@ -129,7 +129,7 @@ class RecipeConfig(ConfigMixin):
 # where a run's results go, not what it trains: a resumed run may change them
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
 # settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
-ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0}
+ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0, "shape_alternatives": 0}
 LIBRARY_FILE = "library.json"
 
 
@@ -257,9 +257,11 @@ def make_shape_library(run: Path, cfg: RecipeConfig) -> None:
 
 
 def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
-    """A model folder's shape codec gains the library, as the recipe's library stage builds it: a model trained
-    before that stage existed decodes through it without being trained again."""
-    from ..loading import load_component, save_component
+    """A model folder's shape codec gains the library, as the recipe's library stage builds it, and the folder's
+    pipeline options `cfg.shape_alternatives`: a model trained before that stage existed chooses among library
+    shapes without being trained again."""
+    from ..loading import MODEL_INDEX, load_component, save_component
+    from ..pipeline import OPTIONS_KEY
     from .train import CONFIG_FILE, EXPORT_DTYPE
 
     if cfg.library_objects < 1:
@@ -272,8 +274,12 @@ def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
     record = json.loads(record_path.read_text())
     record["library"] = summary
     if record.get("recipe") is not None:
-        record["recipe"].update(library_objects=cfg.library_objects, library_neighbours=cfg.library_neighbours)
+        record["recipe"].update(library_objects=cfg.library_objects, shape_alternatives=cfg.shape_alternatives)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
+    index_path = folder / MODEL_INDEX
+    index = json.loads(index_path.read_text())
+    index[OPTIONS_KEY]["shape_alternatives"] = cfg.shape_alternatives
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _with_library(codec: Any, cfg: RecipeConfig) -> tuple[Any, dict[str, Any]]:
@@ -283,9 +289,8 @@ def _with_library(codec: Any, cfg: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         print(f"recipe: library: {family} ({count} shapes)", file=sys.stderr)
 
     library = build_library(codec, cfg.library_objects, cfg.seed, cfg.workers, progress)
-    summary = {"shapes": len(library), "objects_per_family": cfg.library_objects, "neighbours": cfg.library_neighbours,
-               "seed": cfg.seed}
-    return add_library(codec, library, cfg.library_neighbours), summary
+    summary = {"shapes": len(library), "objects_per_family": cfg.library_objects, "seed": cfg.seed}
+    return add_library(codec, library), summary
 
 
 def _branch_shard(task: tuple[Path, list[Path], int], condition: Any, codec: Any, seed: int) -> int:

@@ -5,7 +5,8 @@ to the unit cube and turned into the codec's signed-distance grid, which is then
 4 quarter turns about +Z and mirrored, as the codec's canonical frame may hold the object (a quarter
 turn of a grid normalised per axis is a rotation of its samples: exact, and one grid per object), and
 projected on the codec's basis.
-`ShapeCodec.snap` decodes a sampled shape as the mean of its nearest library shapes.
+`ShapeCodec.alternatives` decodes a sampled shape's nearest library shapes in its pose, for the placement to
+choose from by their silhouettes.
 """
 
 from __future__ import annotations
@@ -70,10 +71,9 @@ def _distinct(coefficients: torch.Tensor, codec: ShapeCodec) -> torch.Tensor:
     return coefficients[keep]
 
 
-def add_library(codec: ShapeCodec, library: torch.Tensor, neighbours: int) -> ShapeCodec:
-    """A copy of `codec` that decodes through `library` (its config and buffer set)."""
-    config = type(codec.config).from_dict({**codec.config.to_dict(), "library_size": len(library),
-                                           "library_neighbours": neighbours})
+def add_library(codec: ShapeCodec, library: torch.Tensor) -> ShapeCodec:
+    """A copy of `codec` that carries `library` (its config and buffer set)."""
+    config = type(codec.config).from_dict({**codec.config.to_dict(), "library_size": len(library)})
     out = ShapeCodec(config)
     state = {k: v for k, v in codec.state_dict().items() if k != "library"}
     out.load_state_dict({**state, "library": library.to(codec.basis.dtype)})

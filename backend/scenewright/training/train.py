@@ -483,11 +483,13 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
     if trained.pose_head_weight > 0:
         components["pose_head"] = _pose_head(components)
     cfg, step = _load_trained(stage_dir, components)
-    steps, guidance, camera_prior_weight, candidates = cfg.sample_steps, cfg.guidance_scale, 0.0, 1
+    steps, guidance, camera_prior_weight, candidates, alternatives = cfg.sample_steps, cfg.guidance_scale, 0.0, 1, 0
     if recipe is not None:
         steps, guidance = recipe["sample_steps"], recipe["guidance_scale"]
         codec.config.level = recipe["mesh_level"]
         camera_prior_weight, candidates = recipe["camera_prior_weight"], recipe["candidates"]
+        if codec.config.library_size:
+            alternatives = recipe["shape_alternatives"]
     components["shape_codec"] = codec
     transformer = components["transformer"]
     options = PipelineOptions(frame="view", num_tokens=transformer.config.latent_positions, steps=steps,
@@ -495,7 +497,8 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
                               mi_blocks=cfg.mi_blocks if cfg.mi_blocks is not None else transformer.default_mi_blocks(3),
                               mesh_resolution=codec.config.grid_resolution, refine_poses=True,
                               max_faces=DEFAULT_MAX_FACES, attention=cfg.attention,
-                              camera_prior_weight=camera_prior_weight, candidates=candidates)
+                              camera_prior_weight=camera_prior_weight, candidates=candidates,
+                              shape_alternatives=alternatives)
     for name in ("transformer", "condition_encoder", "shape_codec", "pose_head"):
         if name in components:
             components[name].to(EXPORT_DTYPE)
