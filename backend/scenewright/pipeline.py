@@ -9,7 +9,9 @@ that generate poses a per-instance pose refinement against the masks).
 
 Two interfaces make the model kinds interchangeable here: a conditioner
 `encode(image, masks) -> (emb1, emb2)` and a decoder `meshes(latents, resolution,
-check_cancel) -> [mesh | None]`; model_index.json's components say which a model has.
+check_cancel) -> [mesh | None]`; model_index.json's components say which a model has. A decoder
+with a library of shapes also offers `alternatives(latents, count, resolution)`, which the pose
+refinement chooses among (PipelineOptions.shape_alternatives).
 """
 
 from __future__ import annotations
