@@ -260,9 +260,8 @@ def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
     """A model folder's shape codec gains the library, as the recipe's library stage builds it, and the folder's
     pipeline options `cfg.shape_alternatives`: a model trained before that stage existed chooses among library
     shapes without being trained again."""
-    from ..loading import MODEL_INDEX, load_component, save_component
-    from ..pipeline import OPTIONS_KEY
-    from .train import CONFIG_FILE, EXPORT_DTYPE
+    from ..loading import load_component, save_component
+    from .train import EXPORT_DTYPE
 
     if cfg.library_objects < 1:
         raise ValueError(f"a library needs objects: library_objects is {cfg.library_objects} (e.g. 60)")
@@ -270,16 +269,8 @@ def add_shape_library(folder: Path, cfg: RecipeConfig) -> None:
     codec, summary = _with_library(load_component(folder / "shape_codec"), cfg)
     save_component(codec.to(EXPORT_DTYPE), folder / "shape_codec")
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    record_path = folder / CONFIG_FILE
-    record = json.loads(record_path.read_text())
-    record["library"] = summary
-    if record.get("recipe") is not None:
-        record["recipe"].update(library_objects=cfg.library_objects, shape_alternatives=cfg.shape_alternatives)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    index_path = folder / MODEL_INDEX
-    index = json.loads(index_path.read_text())
-    index[OPTIONS_KEY]["shape_alternatives"] = cfg.shape_alternatives
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    _record_in_folder(folder, {}, {"shape_alternatives": cfg.shape_alternatives}, "library", summary,
+                      {"library_objects": cfg.library_objects, "shape_alternatives": cfg.shape_alternatives})
 
 
 def _with_library(codec: Any, cfg: RecipeConfig) -> tuple[Any, dict[str, Any]]:
@@ -351,23 +342,34 @@ def _add_component(folder: Path, name: str, trained: Path, options: dict[str, An
                    fit: dict[str, Any], recipe: dict[str, Any]) -> None:
     """A component trained apart from the DiT into an exported model folder: its weights (float16), its entry
     and pipeline options in model_index.json, its fit and the recipe settings that made it in training_config.json."""
-    from ..loading import MODEL_INDEX, load_component, save_component
-    from ..pipeline import OPTIONS_KEY
-    from .train import CONFIG_FILE, EXPORT_DTYPE
+    from ..loading import load_component, save_component
+    from .train import EXPORT_DTYPE
 
     component = load_component(trained).to(EXPORT_DTYPE)
     save_component(component, folder / name)
+    _record_in_folder(folder, {name: [type(component).__module__, type(component).__name__]}, options, summary_key,
+                      fit, recipe)
+
+
+def _record_in_folder(folder: Path, entries: dict[str, Any], options: dict[str, Any], summary_key: str,
+                      summary: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """What a stage added to an exported model folder, written down there: component `entries` and pipeline
+    `options` in model_index.json; its `summary` and the recipe settings that made it in training_config.json."""
+    from ..loading import MODEL_INDEX
+    from ..pipeline import OPTIONS_KEY
+    from .train import CONFIG_FILE
+
     index_path = folder / MODEL_INDEX
     index = json.loads(index_path.read_text())
-    index[name] = [type(component).__module__, type(component).__name__]
+    index.update(entries)
     index[OPTIONS_KEY].update(options)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    summary_path = folder / CONFIG_FILE
-    summary = json.loads(summary_path.read_text())
-    summary[summary_key] = fit
-    if summary.get("recipe") is not None:  # the record says how the whole folder was made
-        summary["recipe"].update(recipe)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    record_path = folder / CONFIG_FILE
+    record = json.loads(record_path.read_text())
+    record[summary_key] = summary
+    if record.get("recipe") is not None:  # the record says how the whole folder was made
+        record["recipe"].update(recipe)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def make_pose_head_data(run: Path, cfg: RecipeConfig) -> None:
