@@ -9,9 +9,11 @@ import pytest
 import trimesh
 from scipy.spatial import ConvexHull
 
-from scenewright.camera import Camera, render_silhouettes, view_frame_transform
+from scenewright.camera import Camera, render_silhouettes, silhouette_spans, view_frame_transform
+from scenewright.masks import other_masks
 from scenewright.placement import (
     MIDI_TO_VIEW,
+    _SpanScorer,
     CameraSolveConfig,
     camera_from_params,
     fit_depths,
@@ -101,6 +103,46 @@ def test_cube_silhouette_matches_analytic_projection():
     borderline = (np.abs(signed) < 1e-6).any(axis=1).reshape(120, 160)
     assert inside.sum() > 500
     assert np.array_equal(silhouette[~borderline], inside[~borderline])
+
+
+def test_triangle_soup_silhouette_covers_exactly_the_pixel_centres_inside_its_triangles():
+    # overlapping, thin and partly out-of-frame triangles, against a point-in-triangle test of every pixel centre
+    rng = np.random.default_rng(3)
+    camera = camera_from_params(20.0, 50.0, (0.0, -5.0, 1.5), (96, 64))
+    vertices = rng.normal(size=(40, 3)) * [1.6, 1.0, 1.0] + [0.0, 0.0, 1.0]
+    faces = rng.integers(0, len(vertices), size=(80, 3))
+    corners = camera.project(vertices)[0][faces]
+    ab, ac = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    faces = faces[np.abs(ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]) > 1e-3]  # no degenerate triangle
+    silhouette = render_silhouettes([(vertices, faces)], camera)[0]
+
+    cols, rows = np.meshgrid(np.arange(96) + 0.5, np.arange(64) + 0.5)
+    centres = np.stack([cols.ravel(), rows.ravel()], axis=1)
+    inside = np.zeros(len(centres), bool)
+    borderline = np.zeros(len(centres), bool)
+    for tri in camera.project(vertices)[0][faces]:
+        edge = np.roll(tri, -1, axis=0) - tri  # a -> b, b -> c, c -> a
+        cross = edge[:, 0] * (centres[:, None, 1] - tri[:, 1]) - edge[:, 1] * (centres[:, None, 0] - tri[:, 0])
+        cross /= np.linalg.norm(edge, axis=1)  # signed distance to each edge's line
+        inside |= (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
+        borderline |= (np.abs(cross) < 1e-6).any(axis=1)
+    assert 200 < inside.sum() < inside.size - 200 and silhouette[:, 0].any()  # reaches the frame's edge
+    assert np.array_equal(silhouette.ravel()[~borderline], inside[~borderline])
+
+
+def test_silhouette_ious_from_spans_match_the_drawn_silhouettes():
+    # the pose fits' exact IoU |S & M| / |M | (S - O)| from spans and prefix sums, against the drawn images
+    meshes = _scene()
+    camera = _true_camera()
+    masks = list(render_silhouettes([(v * 1.04 + [0.05, -0.1, 0.0], f) for v, f in meshes], camera))
+    others = other_masks(masks, masks)
+    moved = [(v + [0.08, 0.0, 0.02], f) for v, f in meshes[:3]] + [None]  # the last one has no silhouette
+    ious = _SpanScorer(masks, others).ious(silhouette_spans(moved, camera))
+
+    drawn = render_silhouettes(moved, camera)
+    expected = [(s & m).sum() / max((m | (s & ~o)).sum(), 1) for s, m, o in zip(drawn, masks, others)]
+    assert 0.3 < min(ious[:3]) and max(ious[:3]) < 0.99 and ious[3] == 0.0
+    np.testing.assert_allclose(ious, expected, rtol=1e-12)
 
 
 def test_silhouettes_are_per_mesh_and_empty_for_missing():

@@ -120,48 +120,22 @@ def silhouette_spans(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Covered pixel spans of every (triangle, pixel row) pair: (mesh index, row, first column, end column).
 
-    Scanline fill vectorised over all pairs; spans of one row may overlap.
+    Scanline fill of each triangle's rows (compiled); spans of one row may overlap.
     Columns start..stop-1 are covered (pixel centres inside the triangle).
     Triangles with a vertex at or behind the camera plane are skipped, so a
     mesh must lie in front of the camera.
     """
+    from .silhouette_kernels import scanline_spans  # numba: only where silhouettes are drawn
+
     width, height = camera.resolution
-    tris, owners = [], []
+    parts = []
     for index, mesh in enumerate(meshes):
         if mesh is None or len(mesh[1]) == 0:
             continue
-        vertices, faces = np.asarray(mesh[0], dtype=np.float64), np.asarray(mesh[1], dtype=np.int64)
-        pixels, depth = camera.project(vertices)
-        visible = (depth[faces] > 1e-9).all(axis=1)
-        tris.append(pixels[faces[visible]])  # (F, 3, 2) columns, rows
-        owners.append(np.full(int(visible.sum()), index, dtype=np.int64))
-    empty = np.zeros(0, dtype=np.int64)
-    if not tris:
+        pixels, depth = camera.project(mesh[0])
+        row, start, stop = scanline_spans(pixels, depth, np.asarray(mesh[1], dtype=np.int64), width, height)
+        parts.append((np.full(len(row), index, dtype=np.int64), row, start, stop))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
-    corners, owners = np.concatenate(tris), np.concatenate(owners)
-    rows_of = corners[:, :, 1]
-    # Rows r whose centre r + 0.5 lies within the triangle's vertical extent.
-    first = np.clip(np.ceil(rows_of.min(axis=1) - 0.5), 0, height).astype(np.int64)
-    last = np.clip(np.floor(rows_of.max(axis=1) - 0.5), -1, height - 1).astype(np.int64)
-    counts = np.maximum(last - first + 1, 0)
-    total = int(counts.sum())
-    if total == 0:
-        return empty, empty, empty, empty
-    tri = np.repeat(np.arange(len(corners)), counts)
-    row = first[tri] + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-    # Per triangle edge (a -> b): vertical range and inverse slope, then each row's crossings.
-    xa, ya = corners[:, :, 0], corners[:, :, 1]
-    xb, yb = xa[:, [1, 2, 0]], ya[:, [1, 2, 0]]
-    lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
-    lo = np.where(hi > lo, lo, np.inf)  # horizontal edges never cross a row centre (their ends are on the others)
-    slope = np.divide(xb - xa, yb - ya, out=np.zeros_like(xa), where=np.isfinite(lo))
-    y = (row + 0.5)[:, None]
-    crosses = (y >= lo[tri]) & (y <= hi[tri])
-    x = xa[tri] + (y - ya[tri]) * slope[tri]
-    x_left = np.where(crosses, x, np.inf).min(axis=1)
-    x_right = np.where(crosses, x, -np.inf).max(axis=1)
-    # Columns c whose centre c + 0.5 lies in [x_left, x_right].
-    start = np.clip(np.ceil(x_left - 0.5), 0, width).astype(np.int64)
-    stop = np.clip(np.floor(x_right - 0.5) + 1, 0, width).astype(np.int64)
-    keep = stop > start
-    return owners[tri[keep]], row[keep], start[keep], stop[keep]
+    return parts[0] if len(parts) == 1 else tuple(np.concatenate(part) for part in zip(*parts))

@@ -26,6 +26,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .camera import Camera, render_silhouettes, silhouette_spans, view_frame_transform
 from .masks import mask_support, other_masks, outline_directions
+from .silhouette_kernels import span_ious
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -258,25 +259,8 @@ class _SpanScorer:
 
     def ious(self, spans: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         owner, row, start, stop = spans
-        count = len(self.mask_area)
-        key = owner * self.height + row
-        order = np.lexsort((start, key))
-        key, owner, start, stop = key[order], owner[order], start[order], stop[order]
-        offset = key * (self.width + 2)  # keeps every row's running maximum below the next row's values
-        covered = np.maximum.accumulate(stop + offset) - offset  # covered end up to each span, this row
-        before = np.maximum(np.concatenate([[-1], covered[:-1] + offset[:-1]]) - offset, 0)
-        first = np.maximum(start, before)
-        last = np.maximum(stop, first)
-        base = key * (self.width + 1)
-
-        def total(prefix: np.ndarray) -> np.ndarray:
-            return np.bincount(owner, prefix[base + last] - prefix[base + first], minlength=count)
-
-        length = np.bincount(owner, last - first, minlength=count)
-        inter = total(self.in_mask)
-        outside_others = length - total(self.in_other)
-        union = self.mask_area + outside_others - total(self.in_mask_only)
-        return inter / np.maximum(union, 1.0)
+        return span_ious(owner, row, start, stop, self.in_mask, self.in_other, self.in_mask_only, self.mask_area,
+                          self.height, self.width)
 
 
 def solve_camera(
