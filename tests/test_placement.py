@@ -145,6 +145,23 @@ def test_silhouette_ious_from_spans_match_the_drawn_silhouettes():
     np.testing.assert_allclose(ious, expected, rtol=1e-12)
 
 
+def test_vertex_clustering_keeps_the_silhouette_with_few_faces():
+    from scenewright.silhouette_kernels import cluster_vertices
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.6)  # 20480 faces
+    vertices, faces = np.asarray(sphere.vertices) + [0.0, 3.0, 0.6], np.asarray(sphere.faces)
+    light_vertices, light_faces = cluster_vertices(vertices, faces, 3000)
+    assert 1000 < len(light_faces) <= 3000
+    ordered = np.sort(light_faces, axis=1)
+    assert (ordered[:, 0] != ordered[:, 1]).all() and (ordered[:, 1] != ordered[:, 2]).all()  # none collapsed
+    assert len(np.unique(ordered, axis=0)) == len(ordered)  # none repeated
+    assert (light_vertices.min(axis=0) >= vertices.min(axis=0) - 1e-9).all()  # means of merged vertices
+    camera = _true_camera()
+    full, light = render_silhouettes([(vertices, faces), (light_vertices, light_faces)], camera)
+    assert (full & light).sum() / (full | light).sum() > 0.97
+    assert cluster_vertices(vertices, faces, len(faces))[1] is faces  # already few enough: as it was
+
+
 def test_silhouettes_are_per_mesh_and_empty_for_missing():
     meshes = _scene()
     camera = _true_camera()

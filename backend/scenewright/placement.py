@@ -26,7 +26,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .camera import Camera, render_silhouettes, silhouette_spans, view_frame_transform
 from .masks import mask_support, other_masks, outline_directions
-from .silhouette_kernels import span_ious
+from .silhouette_kernels import cluster_vertices, span_ious
 
 Mesh = tuple[np.ndarray, np.ndarray]
 
@@ -624,22 +624,8 @@ def _pixel_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> Mesh:
-    """Vertex-clustering decimation for fast silhouettes: merge vertices on a grid until few faces remain."""
-    cells = 128
-    while len(faces) > max_faces and cells >= 16:
-        extent = float((vertices.max(axis=0) - vertices.min(axis=0)).max())
-        cell = np.floor((vertices - vertices.min(axis=0)) / (extent / cells + 1e-12)).astype(np.int64)
-        keys = (cell[:, 0] * (cells + 1) + cell[:, 1]) * (cells + 1) + cell[:, 2]
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        merged = np.stack([np.bincount(inverse, vertices[:, k]) / counts for k in range(3)], axis=1)
-        new_faces = inverse[faces]
-        ordered = np.sort(new_faces, axis=1)
-        keep = (ordered[:, 0] != ordered[:, 1]) & (ordered[:, 1] != ordered[:, 2])
-        n = len(merged)
-        _, first = np.unique(((ordered[keep, 0] * n + ordered[keep, 1]) * n + ordered[keep, 2]), return_index=True)
-        vertices, faces = merged, new_faces[keep][first]
-        cells = cells * 3 // 4
-    return vertices, faces
+    """Vertex-clustering decimation for fast silhouettes (`silhouette_kernels.cluster_vertices`)."""
+    return cluster_vertices(np.ascontiguousarray(vertices, np.float64), np.ascontiguousarray(faces, np.int64), max_faces)
 
 
 def place_scene(

@@ -1,7 +1,8 @@
-"""Compiled (numba) inner loops of the silhouettes: `camera.silhouette_spans`' scanline fill and the pose fits'
-silhouette/mask IoUs (`placement._SpanScorer`). The pose fits and camera solve call them thousands of times a
-request: compiled, the placement takes about 40 % of the time it took in numpy (docs/performance.md), with the
-same spans and IoUs to the bit. They hold no GIL, so the candidates' placement threads run side by side."""
+"""Compiled (numba) inner loops of the silhouettes: `camera.silhouette_spans`' scanline fill, the pose fits'
+silhouette/mask IoUs (`placement._SpanScorer`) and the vertex clustering that makes their meshes light. The pose
+fits and camera solve call them thousands of times a request: compiled, the placement takes under half the time
+it took in numpy (docs/performance.md), with the same results to the bit. They hold no GIL, so the candidates'
+placement threads run side by side."""
 
 from __future__ import annotations
 
@@ -104,3 +105,65 @@ def span_ious(owner: np.ndarray, row: np.ndarray, start: np.ndarray, stop: np.nd
         union = mask_area[o] + outside_others - mask_only
         out[o] = inter / max(union, 1.0)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def cluster_vertices(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex-clustering decimation for fast silhouettes, (V, 3) float64 and (F, 3) int64: merge the vertices in
+    each cell of a grid (128 cells along the longest side, then 3/4 as many at a time, down to 16) into their mean
+    until at most `max_faces` faces remain; faces that collapse or repeat another are dropped, the rest ordered
+    by their sorted vertex indices."""
+    cells = 128
+    while len(faces) > max_faces and cells >= 16:
+        lo = np.empty(3)
+        extent = 0.0
+        for k in range(3):
+            lo[k], hi = vertices[:, k].min(), vertices[:, k].max()
+            extent = max(extent, hi - lo[k])
+        size = extent / cells + 1e-12
+        keys = np.empty(len(vertices), np.int64)
+        for v in range(len(vertices)):
+            x = np.int64(np.floor((vertices[v, 0] - lo[0]) / size))
+            y = np.int64(np.floor((vertices[v, 1] - lo[1]) / size))
+            z = np.int64(np.floor((vertices[v, 2] - lo[2]) / size))
+            keys[v] = (x * (cells + 1) + y) * (cells + 1) + z
+        order = np.argsort(keys)
+        inverse = np.empty(len(vertices), np.int64)
+        count = 0
+        for j in range(len(order)):
+            if j > 0 and keys[order[j]] != keys[order[j - 1]]:
+                count += 1
+            inverse[order[j]] = count
+        count += 1
+        sums = np.zeros((count, 3))
+        members = np.zeros(count, np.int64)
+        for v in range(len(vertices)):  # in vertex order, as np.bincount adds them
+            for k in range(3):
+                sums[inverse[v], k] += vertices[v, k]
+            members[inverse[v]] += 1
+        merged = np.empty((count, 3))
+        for u in range(count):
+            for k in range(3):
+                merged[u, k] = sums[u, k] / members[u]
+        remapped = np.empty_like(faces)
+        face_keys = np.empty(len(faces), np.int64)
+        kept = 0
+        for f in range(len(faces)):
+            a, b, c = inverse[faces[f, 0]], inverse[faces[f, 1]], inverse[faces[f, 2]]
+            low, mid, high = min(a, b, c), a + b + c - min(a, b, c) - max(a, b, c), max(a, b, c)
+            if low != mid and mid != high:
+                remapped[kept, 0], remapped[kept, 1], remapped[kept, 2] = a, b, c
+                face_keys[kept] = (low * count + mid) * count + high
+                kept += 1
+        face_order = np.argsort(face_keys[:kept])
+        unique = np.empty(kept, np.int64)
+        distinct = 0
+        for j in range(kept):  # of equal faces, the first is kept
+            if j == 0 or face_keys[face_order[j]] != face_keys[face_order[j - 1]]:
+                unique[distinct] = face_order[j]
+                distinct += 1
+            else:
+                unique[distinct - 1] = min(unique[distinct - 1], face_order[j])
+        vertices, faces = merged, remapped[unique[:distinct]]
+        cells = cells * 3 // 4
+    return vertices, faces
