@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,6 +96,30 @@ def test_shipped_model_places_separate_instances_on_their_masks(pipe, example):
     ious = _visible_ious(meshes, [m.mask for m in instances], Camera.from_dict(result.camera))
     assert min(ious) > 0.5, ious
     assert all(len(i.faces) <= pipe.options.max_faces for i in result.instances)
+
+
+def test_candidates_from_the_mirrored_picture_come_back_where_the_picture_shows_them(pipe, monkeypatch):
+    """A candidate scene sampled from the mirror image (PipelineOptions.mirrored_share) is reflected back: its
+    instances lie left to right as their masks do, as the picture's own candidate's do, and their surfaces
+    face out (a closed mesh's signed volume is positive; a reflection without turning the faces negates it)."""
+    monkeypatch.setattr(pipe, "options", dataclasses.replace(pipe.options, mirrored_share=0.5))
+    image, seg = Image.open(EXAMPLES / "desk" / "image.png").convert("RGB"), Image.open(EXAMPLES / "desk" / "seg.png")
+    instances = instances_from_seg(seg)
+    views, _ = pipe.sample_candidates(image, instances, GenerationSettings(seed=0, candidates=2))
+    assert [v.mirrored for v in views] == [False, True]
+    columns = [np.nonzero(i.mask)[1].mean() for i in instances]
+    left, right = int(np.argmin(columns)), int(np.argmax(columns))
+    for view in views:
+        assert view.meshes[left][0][:, 0].mean() < view.meshes[right][0][:, 0].mean()
+        for vertices, faces in view.meshes:
+            corners = vertices.astype(np.float64)[faces]
+            volume = np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() / 6.0
+            assert volume > 0
+        # the library shapes offered for its samples come back as they do: each in its sample's box
+        for (vertices, _), offered in zip(view.meshes, pipe.library_alternatives(view, GenerationSettings(seed=0))):
+            assert len(offered) == pipe.options.shape_alternatives
+            lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+            assert all(np.all(np.abs(v.mean(axis=0) - (lo + hi) / 2) < (hi - lo) / 2) for v, _ in offered)
 
 
 def test_sixteen_instances_run_though_training_saw_at_most_eight(pipe):

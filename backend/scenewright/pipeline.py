@@ -11,12 +11,13 @@ Two interfaces make the model kinds interchangeable here: a conditioner
 `encode(image, masks) -> (emb1, emb2)` and a decoder `meshes(latents, resolution,
 check_cancel) -> [mesh | None]`; model_index.json's components say which a model has. A decoder
 with a library of shapes also offers `alternatives(latents, count, resolution)`, which the pose
-refinement chooses among (PipelineOptions.shape_alternatives).
+refinement of the kept candidate scene chooses among (PipelineOptions.shape_alternatives).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import ConfigMixin
 from .evaluation.metrics import box_iou, normalised_boxes
@@ -57,8 +58,8 @@ class CandidateScene:
     """One sampled scene before placement, in the view frame and decimated to the request's face limit."""
 
     meshes: list[tuple[np.ndarray, np.ndarray] | None]  # per instance; None where it has no surface
-    # per instance: the library shapes nearest its sample, in its pose (PipelineOptions.shape_alternatives)
-    alternatives: list[list[tuple[np.ndarray, np.ndarray]]]
+    latents: torch.Tensor  # (instances, tokens, channels): what the meshes were decoded from
+    mirrored: bool = False  # sampled from the mirrored picture; the meshes are reflected back
 
 
 class EmptyResult(ValueError):
@@ -84,10 +85,14 @@ class PipelineOptions(ConfigMixin):
     camera_prior_weight: float = 0.0
     # with a pose head (models/pose_head.py): its share of each instance's pose token, the sampler's the rest
     pose_head_blend: float = 0.5
-    # with a shape codec that has a library: this many library shapes nearest each sampled one are tried against
-    # its mask after the pose fit, and one whose silhouette fits better replaces it (placement.refine_poses; needs
-    # refine_poses); 0: shapes as sampled
+    # with a shape codec that has a library: this many library shapes nearest each sampled one of the kept
+    # candidate scene are tried against its mask after the pose fit, and one whose silhouette fits better replaces
+    # it (placement.refine_poses; needs refine_poses); 0: shapes as sampled
     shape_alternatives: int = 0
+    # the share of the candidate scenes (rounded down; the last ones) sampled from the mirrored picture, image
+    # and masks flipped left to right, their meshes reflected back: the picture and its mirror err differently,
+    # so the consensus has more to choose from (docs/results.md). View-frame models, classifier-free guidance.
+    mirrored_share: float = 0.0
 
 
 class MidiConditions:
@@ -202,6 +207,11 @@ class ScenePipeline:
         if options.shape_alternatives > 0 and not hasattr(self.decoder, "alternatives"):
             raise ValueError(f"shape_alternatives is {options.shape_alternatives}, but this model's decoder "
                              f"({type(self.decoder).__name__}) has no library of shapes to offer")
+        if not 0.0 <= options.mirrored_share <= 1.0:
+            raise ValueError(f"mirrored_share is {options.mirrored_share}: a share of the candidates, 0 to 1")
+        if options.mirrored_share > 0 and options.frame != "view":
+            raise ValueError(f"mirrored_share is {options.mirrored_share}, but a mirror image is reflected back in "
+                             f"the view frame, and this model's frame is {options.frame!r}")
         for module in (self.transformer, self.decoder, *modules):
             module.eval().requires_grad_(False)
 
@@ -289,14 +299,17 @@ class ScenePipeline:
         return latents
 
     @torch.no_grad()
-    def blend_poses(self, latents: torch.Tensor, emb1: torch.Tensor, emb2: torch.Tensor, rows: int) -> torch.Tensor:
+    def blend_poses(self, latents: torch.Tensor, conditions: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+                    rows: int) -> torch.Tensor:
         """Each sampled pose token moved `pose_head_blend` of the way to the pose head's read of the same picture:
         the two err differently, and their mean makes better boxes than either (docs/results.md).
-        latents (K * rows, T, C): K candidate scenes of the rows whose conditions are emb1, emb2."""
-        pose = self.pose_head(emb1.float(), emb2.float(), rows).float()
+        latents (K * rows, T, C): K candidate scenes of `rows` rows; conditions: (emb1, emb2, scenes) of each
+        picture in turn (the picture, its mirror), whose next `scenes` candidates it conditions."""
+        pose = torch.cat([self.pose_head(emb1.float(), emb2.float(), rows).float().repeat(scenes, 1)
+                          for emb1, emb2, scenes in conditions])
         blend = self.options.pose_head_blend
         out = latents.clone()
-        out[:, 0] = (1.0 - blend) * latents[:, 0] + blend * pose.repeat(len(latents) // rows, 1).to(latents.device)
+        out[:, 0] = (1.0 - blend) * latents[:, 0] + blend * pose.to(latents.device)
         return out
 
     def guiders(self, settings: GenerationSettings, masks: Sequence[np.ndarray]) -> list[Any]:
@@ -344,8 +357,8 @@ class ScenePipeline:
         timings: dict[str, float] | None = None,
     ) -> tuple[list[CandidateScene], tuple[float, float] | None]:
         """Encode, denoise and decode the request's candidate scenes (candidate k from seed + k, all denoised
-        together), before any placement; and the model's camera estimate (pitch, fov), if it has one. `timings`
-        receives the seconds of each stage."""
+        together; the last `mirrored_share` of them from the mirrored picture), before any placement; and the
+        model's camera estimate (pitch, fov), if it has one. `timings` receives the seconds of each stage."""
         report = progress or (lambda stage, step, total: None)
         timings = {} if timings is None else timings
         clock = time.perf_counter()
@@ -354,43 +367,61 @@ class ScenePipeline:
         masks = [m.mask for m in instances]
         # I-Scene's scene branch: one more row, conditioned on the union of the masks, denoised with the instances
         rows = masks + [np.any(masks, axis=0)] if has_scene_row(layout) else masks
-        emb1, emb2 = self.encode_conditions(scene, rows)
+        candidates = settings.candidates or self.options.candidates
+        mirrored = int(candidates * self.options.mirrored_share) if settings.guidance == "cfg" else 0
+        conditions = [(*self.encode_conditions(scene, rows), candidates - mirrored)]
+        if mirrored:
+            flipped = [np.ascontiguousarray(np.asarray(r)[:, ::-1]) for r in rows]
+            conditions.append((*self.encode_conditions(ImageOps.mirror(scene), flipped), mirrored))
         camera_estimate = self.camera_estimator.estimate_camera(scene, masks) if self.options.camera_prior_weight > 0 else None
         synchronize(self.device)
         timings["encode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         guiders = self.guiders(settings, masks)
-        candidates = settings.candidates or self.options.candidates
         latents = torch.cat([self.prepare_latents(len(rows), settings.seed + k) for k in range(candidates)])
+        emb1 = torch.cat([e1.repeat(n, 1, 1) for e1, _, n in conditions if n])
+        emb2 = None if conditions[0][1] is None else torch.cat([e2.repeat(n, 1, 1) for _, e2, n in conditions if n])
         steps = settings.steps or self.options.steps
-        latents = self.denoise(latents, emb1.repeat(candidates, 1, 1), None if emb2 is None else emb2.repeat(candidates, 1, 1),
-                               steps, guiders, layout, report, should_cancel, num_instances=len(instances))
+        latents = self.denoise(latents, emb1, emb2, steps, guiders, layout, report, should_cancel,
+                               num_instances=len(instances))
         if self.pose_head is not None and self.options.pose_head_blend > 0:
-            latents = self.blend_poses(latents, emb1, emb2, len(rows))
+            latents = self.blend_poses(latents, conditions, len(rows))
         latents = latents.view(candidates, len(rows), *latents.shape[1:])[:, : len(instances)]
         synchronize(self.device)
         timings["denoise"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         report("decode", 0, 1)
-        flat = latents.reshape(-1, *latents.shape[2:])
-        decoded = self.decode(flat, settings.mesh_resolution, should_cancel)
-        alternatives = [[] for _ in decoded]
-        if self.options.shape_alternatives > 0 and self.refines_poses(settings):  # the pose fit chooses among them
-            alternatives = self.decoder.alternatives(flat, self.options.shape_alternatives,
-                                                     settings.mesh_resolution or self.options.mesh_resolution)
-        max_faces = settings.max_faces or self.options.max_faces
-
-        def finished(mesh: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            return _to_view_frame(decimate(*mesh, max_faces) if max_faces else mesh, self.options.frame)
-
-        # the alternatives are decimated as the samples are, so that their silhouettes compare like for like
-        views = [CandidateScene([None if m is None else finished(m) for m in decoded[k * len(instances) : (k + 1) * len(instances)]],
-                                [[finished(m) for m in ms] for ms in alternatives[k * len(instances) : (k + 1) * len(instances)]])
-                 for k in range(candidates)]
+        decoded = self.decode(latents.reshape(-1, *latents.shape[2:]), settings.mesh_resolution, should_cancel)
+        views = []
+        for k in range(candidates):
+            flip = k >= candidates - mirrored
+            meshes = [None if m is None else self.for_placement(m, settings, flip)
+                      for m in decoded[k * len(instances) : (k + 1) * len(instances)]]
+            views.append(CandidateScene(meshes, latents[k], flip))
         timings["decode"] = time.perf_counter() - clock
         return views, camera_estimate
+
+    def for_placement(self, mesh: tuple[np.ndarray, np.ndarray], settings: GenerationSettings, mirrored: bool = False,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """A decoded mesh as placement takes it: decimated to the request's face limit, in the view frame, and
+        reflected back (x -> -x, faces turned) when it was sampled from the mirrored picture."""
+        max_faces = settings.max_faces or self.options.max_faces
+        vertices, faces = _to_view_frame(decimate(*mesh, max_faces) if max_faces else mesh, self.options.frame)
+        if mirrored:
+            vertices, faces = vertices * np.array([-1.0, 1.0, 1.0], vertices.dtype), np.ascontiguousarray(faces[:, ::-1])
+        return vertices, faces
+
+    def library_alternatives(self, view: CandidateScene, settings: GenerationSettings) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per instance of a candidate scene, its sample's `shape_alternatives` nearest library shapes in its pose,
+        prepared as its meshes are (so that their silhouettes compare like for like); empty lists when the model
+        offers none or the request does not fit poses."""
+        if self.options.shape_alternatives <= 0 or not self.refines_poses(settings):
+            return [[] for _ in view.meshes]
+        decoded = self.decoder.alternatives(view.latents, self.options.shape_alternatives,
+                                            settings.mesh_resolution or self.options.mesh_resolution)
+        return [[self.for_placement(m, settings, view.mirrored) for m in meshes] for meshes in decoded]
 
     # ---- the whole job ------------------------------------------------------------------
 
@@ -424,19 +455,23 @@ class ScenePipeline:
         clock = time.perf_counter()
         refine = self.refines_poses(settings)
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
-        # every candidate is placed, side by side on the CPU's cores (numpy and scipy release the GIL for much of
-        # the silhouette fits: 1.51 s to 1.15 s for three candidates on two cores, docs/performance.md); the
-        # placed scene that agrees most with the others is kept and finished
+        # every candidate is placed, side by side on the CPU's cores (the silhouette kernels and much of numpy and
+        # scipy release the GIL, docs/performance.md); the placed scene that agrees most with the others is kept,
+        # placed again choosing among its samples' library shapes, and finished
         pixels = np.asarray(scene)
+        place = functools.partial(_place, instances, image=pixels, scene_size_m=settings.scene_size_m,
+                                  native_frame=self.options.frame, refine=refine, camera_prior=prior)
         with ThreadPoolExecutor(max_workers=min(len(views), os.cpu_count() or 1)) as pool:  # views: never empty here
-            pending = [pool.submit(_place, instances, view, pixels, settings.scene_size_m, self.options.frame, refine,
-                                   prior) for view in views]
+            pending = [pool.submit(place, view.meshes) for view in views]
             placements = []
             for k, job in enumerate(pending):
-                report("place", k, len(views))
+                report("place", k, len(views) + 1)
                 placements.append(job.result())
         kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements])
-        generated, camera, supports = _finish_placement(placements[kept], instances, labels, refine)
+        report("place", len(views), len(views) + 1)  # the kept scene: its library shapes, its supported instances
+        alternatives = self.library_alternatives(views[kept], settings)
+        placement = place(views[kept].meshes, alternatives=alternatives) if any(alternatives) else placements[kept]
+        generated, camera, supports = _finish_placement(placement, instances, labels, refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -521,16 +556,17 @@ def _to_view_frame(mesh: tuple[np.ndarray, np.ndarray] | None, native_frame: str
 
 def _place(
     instances: Sequence[InstanceMask],
-    view: CandidateScene,
+    meshes: Sequence[tuple[np.ndarray, np.ndarray] | None],
     image: np.ndarray,
     scene_size_m: float | None,
     native_frame: str,
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
+    alternatives: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> Placement:
-    """Camera solve, [pose refinement, choosing among the view's alternative shapes], ground and scale, [depths of
-    round footprints and of flat tops (from the picture, image: (H, W, 3))]: each candidate scene's placement;
-    `_finish_placement` completes the one kept.
+    """Camera solve, [pose refinement, choosing among each instance's alternative shapes], ground and scale,
+    [depths of round footprints and of flat tops (from the picture, image: (H, W, 3))]: a candidate scene's
+    placement (meshes in the view frame); `_finish_placement` completes the one kept.
 
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
@@ -542,7 +578,6 @@ def _place(
     from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, solve_camera
 
     masks = [i.mask for i in instances]
-    meshes = view.meshes
     image_size = (image.shape[1], image.shape[0])
     gravity_only = native_frame == "midi"
     config = CameraSolveConfig(solve_yaw=gravity_only)
@@ -556,7 +591,7 @@ def _place(
     camera = None
     if refine:
         camera, _ = solve_camera(meshes, masks, image_size, config)
-        meshes = refine_poses(meshes, masks, camera, alternatives=view.alternatives)
+        meshes = refine_poses(meshes, masks, camera, alternatives=alternatives)
     placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
                             config=config, level_floor=gravity_only)
     return fit_depths(placement, masks, image) if refine else placement

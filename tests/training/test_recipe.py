@@ -75,6 +75,7 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
     assert index["_scenewright"]["attention"] == attention and index["_scenewright"]["refine_poses"]
     assert index["_scenewright"]["camera_prior_weight"] == cfg.camera_prior_weight
     assert index["_scenewright"]["candidates"] == cfg.candidates
+    assert index["_scenewright"]["mirrored_share"] == cfg.mirrored_share
     codec_config = json.loads((tmp_path / "model" / "shape_codec" / "config.json").read_text())
     library = json.loads((run / "codec" / "library.json").read_text())["shapes"]
     assert codec_config["library_size"] == library and 16 <= library <= 16 * 8  # duplicates left out

@@ -37,6 +37,7 @@ def run_layout(cases_dir: str | Path, model: str = "default", seeds: tuple[int, 
     if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
         raise SystemExit(f"--seeds {seeds}: give consecutive seeds (they are one request's candidate scenes)")
     pipe = ScenePipeline.from_pretrained(model, device=device)
+    pipe.options.mirrored_share = 0.0  # each seed a sample of the picture itself
     if shift is not None:
         pipe.scheduler.config.shift = shift
     settings = GenerationSettings(seed=seeds[0], candidates=len(seeds), steps=steps, guidance_scale=guidance_scale)
