@@ -403,8 +403,8 @@ class ScenePipeline:
         timings["decode"] = time.perf_counter() - clock
         return views, camera_estimate
 
-    def for_placement(self, mesh: tuple[np.ndarray, np.ndarray], settings: GenerationSettings, mirrored: bool = False,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def for_placement(self, mesh: tuple[np.ndarray, np.ndarray], settings: GenerationSettings,
+                      mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """A decoded mesh as placement takes it: decimated to the request's face limit, in the view frame, and
         reflected back (x -> -x, faces turned) when it was sampled from the mirrored picture."""
         max_faces = settings.max_faces or self.options.max_faces
