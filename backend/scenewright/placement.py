@@ -242,11 +242,11 @@ class _CameraProblem:
 
 
 class _SpanScorer:
-    """Exact silhouette/mask IoUs from covered spans and per-row prefix sums of the masks: no image is drawn.
+    """Exact silhouette/mask IoUs from covered spans and per-row prefix sums of the masks: no full image is drawn.
 
     IoU_k = |S ∩ M| / |M ∪ (S minus O)|, with S the silhouette, M the mask and
-    O the other instances' masks. Overlapping spans of a row are merged by a
-    sort and a running maximum of their ends.
+    O the other instances' masks. Overlapping spans are merged in a coverage count over
+    each silhouette's own rows and columns (`silhouette_kernels.span_ious`).
     """
 
     def __init__(self, masks: list[np.ndarray], others: list[np.ndarray]):
