@@ -421,13 +421,13 @@ def test_refine_poses_fits_misplaced_instances_to_their_masks():
         others = [np.any([m for j, m in enumerate(masks) if j != k], axis=0) for k in range(len(masks))]
         return np.array([(s & m).sum() / (m | (s & ~o)).sum() for s, m, o in zip(silhouettes, masks, others)])
 
-    refined = refine_poses(moved, masks, camera)
+    refined = refine_poses(moved, masks, camera).meshes
     before, after = ious(moved), ious(refined)
     assert after.mean() > before.mean() + 0.1 and after.mean() > 0.85
     assert (after >= before - 1e-9).all()  # a pose is only replaced by a better one
     for (v0, _), (v1, _) in zip(moved, refined):
         assert abs(v0[:, 2].min() - v1[:, 2].min()) < 1e-9  # bottoms (contacts) unchanged
-    assert refine_poses([None, *moved[1:]], masks, camera)[0] is None
+    assert refine_poses([None, *moved[1:]], masks, camera).meshes[0] is None
 
 
 def test_refine_poses_restores_the_aspect_of_stretched_instances():
@@ -441,7 +441,7 @@ def test_refine_poses_restores_the_aspect_of_stretched_instances():
     for vertices, faces in meshes:
         pivot = np.array([*(vertices[:, :2].min(axis=0) + vertices[:, :2].max(axis=0)) / 2, vertices[:, 2].min()])
         stretched.append(((vertices - pivot) * stretch + pivot, faces))
-    refined = refine_poses(stretched, masks, camera)
+    refined = refine_poses(stretched, masks, camera).meshes
 
     def aspect_error(candidate):  # |log| of width over height relative to the truth's, per instance
         return np.array([abs(math.log((np.ptp(v, axis=0)[0] / np.ptp(v, axis=0)[2]) / (np.ptp(t, axis=0)[0] / np.ptp(t, axis=0)[2])))
@@ -472,14 +472,23 @@ def test_refine_poses_keeps_the_offered_shape_whose_silhouette_fits_the_mask():
     shrunk = [(v * 0.95 + v.mean(axis=0) * 0.05, f) for v, f in meshes[1:]]  # a little off: each is refitted
     given = [blob, *shrunk]
     offered = [[_in_box(_cylinder(1.0, 1.0, (0.0, 0.0, 0.0)), blob), table], [], [], [_in_box(table, shrunk[2])]]
-    refined = refine_poses(given, masks, camera, alternatives=offered)
-    plain = refine_poses(given, masks, camera)
+    fitted = refine_poses(given, masks, camera, alternatives=offered)
+    first = refine_poses(given, masks, camera)
+    refined, plain = fitted.meshes, first.meshes
     assert np.array_equal(refined[0][1], table[1]) and not np.array_equal(plain[0][1], table[1])
     assert _reproj_iou(refined[:1], seg, camera) > _reproj_iou(plain[:1], seg, camera) + 0.2
     assert np.array_equal(refined[3][1], shrunk[2][1])  # the box stays a box: a table fits its mask worse
     for k in (1, 2, 3):
         assert np.allclose(refined[k][0], plain[k][0])
     assert abs(refined[0][0][:, 2].min() - blob[0][:, 2].min()) < 1e-9  # the contact height kept
+    # a second pass over the same meshes given the first pass's parameters: the same answer, without fitting
+    # again (the parameters stand for the fit: given none, the generated poses stay)
+    again = refine_poses(given, masks, camera, alternatives=offered, params=first.params)
+    for (v0, f0), (v1, f1) in zip(refined, again.meshes):
+        assert np.array_equal(v0, v1) and np.array_equal(f0, f1)
+    assert all((p is None and q is None) or np.array_equal(p, q) for p, q in zip(fitted.params, again.params))
+    unfitted = refine_poses(given, masks, camera, params=[None] * len(given)).meshes
+    assert all(u is g for u, g in zip(unfitted, given))
 
 
 def test_supported_instances_are_fitted_again_with_their_support_counting():
@@ -504,7 +513,7 @@ def test_supported_instances_are_fitted_again_with_their_support_counting():
         return (s & masks[1]).sum() / (masks[1] | (s & ~hidden)).sum()
 
     nothing = np.zeros_like(masks[1])
-    hidden_by_table = refine_poses([None, world(placement.instances[1])], masks, scene_camera, 100)[1]
+    hidden_by_table = refine_poses([None, world(placement.instances[1])], masks, scene_camera, 100).meshes[1]
     assert fit(hidden_by_table, masks[0]) > 0.99 and fit(hidden_by_table, nothing) < 0.87
     refitted = refine_supported(placement, masks)
     assert fit(world(refitted.instances[1]), nothing) > max(0.9, fit(hidden_by_table, nothing) + 0.05)

@@ -457,7 +457,8 @@ class ScenePipeline:
         prior = None if camera_estimate is None else (*camera_estimate, self.options.camera_prior_weight)
         # every candidate is placed, side by side on the CPU's cores (the silhouette kernels and much of numpy and
         # scipy release the GIL, docs/performance.md); the placed scene that agrees most with the others is kept,
-        # placed again choosing among its samples' library shapes, and finished
+        # placed again choosing among its samples' library shapes (from its first placement's camera and poses),
+        # and finished
         pixels = np.asarray(scene)
         place = functools.partial(_place, instances, image=pixels, scene_size_m=settings.scene_size_m,
                                   native_frame=self.options.frame, refine=refine, camera_prior=prior)
@@ -470,7 +471,8 @@ class ScenePipeline:
         kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements])
         report("place", len(views), len(views) + 1)  # the kept scene: its library shapes, its supported instances
         alternatives = self.library_alternatives(views[kept], settings)
-        placement = place(views[kept].meshes, alternatives=alternatives) if any(alternatives) else placements[kept]
+        placement = (place(views[kept].meshes, alternatives=alternatives, first=placements[kept]) if any(alternatives)
+                     else placements[kept])
         generated, camera, supports = _finish_placement(placement, instances, labels, refine)
         for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
             inst.color = colour
@@ -563,6 +565,7 @@ def _place(
     refine: bool,
     camera_prior: tuple[float, float, float] | None = None,
     alternatives: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
+    first: Placement | None = None,
 ) -> Placement:
     """Camera solve, [pose refinement, choosing among each instance's alternative shapes], ground and scale,
     [depths of round footprints and of flat tops (from the picture, image: (H, W, 3))]: a candidate scene's
@@ -571,10 +574,14 @@ def _place(
     `camera_prior` (pitch, fov in degrees, weight): the model's own estimate of the camera, which the solve is
     drawn towards instead of its generic prior.
 
+    `first`: the placement of the same meshes without alternatives; its solved camera and fitted poses are
+    taken as they are (the same answers) rather than found again.
+
     A view-frame model's scenes are upright and face the camera by construction (its training frame); MIDI-3D's
     are upright but not necessarily turned towards the camera: its yaw is solved, and a slightly tilted floor
     is levelled.
     """
+    from .camera import Camera
     from .placement import CameraSolveConfig, fit_depths, place_scene, refine_poses, solve_camera
 
     masks = [i.mask for i in instances]
@@ -588,13 +595,17 @@ def _place(
         config = dataclasses.replace(config, prior_pitch_deg=camera_prior[0], prior_fov_deg=camera_prior[1],
                                      prior_weight=camera_prior[2], pitch_grid_deg=(camera_prior[0],),
                                      fov_grid_deg=(camera_prior[1],), starts=1, refine_evals=0)
-    camera = None
-    if refine:
-        camera, _ = solve_camera(meshes, masks, image_size, config)
-        meshes = refine_poses(meshes, masks, camera, alternatives=alternatives)
-    placement = place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], camera=camera,
-                            config=config, level_floor=gravity_only)
-    return fit_depths(placement, masks, image) if refine else placement
+    if not refine:
+        return place_scene(meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances], config=config,
+                           level_floor=gravity_only)
+    if first is not None and first.pose_params is not None:
+        camera, params = Camera.from_dict(first.input_camera), first.pose_params
+    else:
+        camera, params = solve_camera(meshes, masks, image_size, config)[0], None
+    fitted = refine_poses(meshes, masks, camera, alternatives=alternatives, params=params)
+    placement = place_scene(fitted.meshes, masks, image_size, scene_size_m, ids=[i.id for i in instances],
+                            camera=camera, config=config, level_floor=gravity_only)
+    return dataclasses.replace(fit_depths(placement, masks, image), pose_params=fitted.params)
 
 
 def _finish_placement(placement: Placement, instances: Sequence[InstanceMask], labels: dict[int, str], refine: bool,
