@@ -20,6 +20,7 @@ from scenewright.placement import (
     place_scene,
     refine_poses,
     refine_supported,
+    silhouette_fits,
     solve_camera,
 )
 
@@ -613,3 +614,28 @@ def test_round_footprints_are_made_as_deep_as_they_are_wide():
                             camera=camera)
     assert [p.support for p in placement.instances] == [None, 1, None]
     _assert_depth_fitted(placement, fit_depths(placement, masks, image), drum[0], prop[0])
+
+
+def test_silhouette_fits_say_how_well_a_placed_scene_explains_the_masks():
+    """Each placed instance's silhouette against its mask, as drawn in full, pixels on other masks free (the box on
+    the table hides part of the table): the true scene fits, an instance moved off its mask does not while the
+    others keep their fits, and an empty instance scores 0."""
+    meshes, camera = _scene(), _true_camera()
+    seg = _seg(meshes, camera)
+    masks = [seg == k + 1 for k in range(len(meshes))]
+
+    def drawn(placement):  # the same IoU from full silhouettes
+        silhouettes = render_silhouettes([(p.world_vertices(), p.faces) for p in placement.instances],
+                                         Camera.from_dict(placement.camera))
+        others = other_masks(masks, masks)
+        return np.array([(s & m).sum() / (m | (s & ~o)).sum() for s, m, o in zip(silhouettes, masks, others)])
+
+    placement = place_scene(meshes, masks, SIZE, camera=camera)
+    fits = silhouette_fits(placement, masks)
+    assert np.allclose(fits, drawn(placement)) and (fits > 0.95).all()
+    vertices, faces = meshes[2]
+    off = place_scene([*meshes[:2], (vertices + [0.4, 0.0, 0.0], faces), meshes[3]], masks, SIZE, camera=camera)
+    moved = silhouette_fits(off, masks)
+    assert moved[2] < fits[2] - 0.3 and np.allclose(np.delete(moved, 2), np.delete(fits, 2), atol=0.01)
+    empty = place_scene([None, *meshes[1:]], masks, SIZE, camera=camera)
+    assert silhouette_fits(empty, masks)[0] == 0.0

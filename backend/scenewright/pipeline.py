@@ -93,6 +93,9 @@ class PipelineOptions(ConfigMixin):
     # and masks flipped left to right, their meshes reflected back: the picture and its mirror err differently,
     # so the consensus has more to choose from (docs/results.md). View-frame models, classifier-free guidance.
     mirrored_share: float = 0.0
+    # the choice among the placed candidate scenes: the one agreeing most with the others plus this times its
+    # mean silhouette fit to the masks (placement.silhouette_fits); 0: agreement alone
+    consensus_fit_weight: float = 0.0
 
 
 class MidiConditions:
@@ -433,6 +436,8 @@ class ScenePipeline:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> GenerationResult:
+        from .placement import silhouette_fits
+
         settings = settings or GenerationSettings()
         report = progress or (lambda stage, step, total: None)
         timings: dict[str, float] = {}
@@ -468,7 +473,9 @@ class ScenePipeline:
             for k, job in enumerate(pending):
                 report("place", k, len(views) + 1)
                 placements.append(job.result())
-        kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements])
+        weight = self.options.consensus_fit_weight
+        fits = [float(np.mean(silhouette_fits(p, [i.mask for i in instances]))) for p in placements] if weight else None
+        kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements], fits, weight)
         report("place", len(views), len(views) + 1)  # the kept scene: its library shapes, its supported instances
         alternatives = self.library_alternatives(views[kept], settings)
         placement = (place(views[kept].meshes, alternatives=alternatives, first=placements[kept]) if any(alternatives)
@@ -481,20 +488,22 @@ class ScenePipeline:
                  "native": self.options.frame}
         return GenerationResult(generated, settings, frame, camera=camera, supports=supports, timings=timings)
 
-def _consensus_index(boxes: list[list[tuple[np.ndarray, np.ndarray] | None]]) -> int:
+def _consensus_index(boxes: list[list[tuple[np.ndarray, np.ndarray] | None]], fits: Sequence[float] | None = None,
+                     fit_weight: float = 0.0) -> int:
     """Which sampled scene agrees most with the others (minimum-Bayes-risk selection): the highest mean IoU of its
     instances' boxes (`_normalised_boxes`, as the benchmark's IoU-B) with the same instances' boxes in every other
     sample. A sample far from what the model mostly draws is an outlier, not an option: on dev this kept scenes
     better than the best outline fit (docs/results.md). The boxes are compared after placement, which brings each
     sample's instances onto their masks: agreement there picks better scenes than agreement of the generated
     boxes on all three splits. With two samples agreement is symmetric and the first is kept: three is the least
-    that can outvote an outlier."""
+    that can outvote an outlier. With `fits` (each sample's mean silhouette fit to the masks), `fit_weight` times
+    its fit is added: how well a sample explains the picture, beside how typical it is."""
 
     def agreement(i: int) -> float:
         return float(np.mean([np.mean([_box_iou(a, b) for a, b in zip(boxes[i], boxes[j])])
                               for j in range(len(boxes)) if j != i]))
 
-    return max(range(len(boxes)), key=agreement)
+    return max(range(len(boxes)), key=lambda i: agreement(i) + (fit_weight * fits[i] if fits is not None else 0.0))
 
 
 def _placed_boxes(placement: Placement) -> list[tuple[np.ndarray, np.ndarray] | None]:

@@ -118,6 +118,9 @@ class RecipeConfig(ConfigMixin):
     candidates: int = _setting(6, "scenes sampled per request, the one the others agree with most kept")
     mirrored_share: float = _setting(0.5, "the share of those scenes sampled from the mirrored picture (its "
                                           "meshes reflected back): the two err differently (docs/results.md)")
+    consensus_fit_weight: float = _setting(0.5, "how much a placed scene's silhouette fit to the masks counts "
+                                                "beside its agreement with the others when one is kept "
+                                                "(docs/results.md)")
     threads: int = _setting(2, "torch threads of the training and evaluation stages")
     cpu_bf16: bool = _setting(True, "the DiT stage's condition encoder in bf16 autocast on a CPU with native bf16 "
                                     "(AVX512-BF16 or AMX; elsewhere float32): a cheaper step (docs/performance.md)")
@@ -131,7 +134,8 @@ class RecipeConfig(ConfigMixin):
 # where a run's results go, not what it trains: a resumed run may change them
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
 # settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
-ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0, "shape_alternatives": 0, "mirrored_share": 0.0}
+ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0, "shape_alternatives": 0, "mirrored_share": 0.0,
+               "consensus_fit_weight": 0.0}
 LIBRARY_FILE = "library.json"
 
 
