@@ -631,11 +631,11 @@ def test_silhouette_fits_say_how_well_a_placed_scene_explains_the_masks():
         return np.array([(s & m).sum() / (m | (s & ~o)).sum() for s, m, o in zip(silhouettes, masks, others)])
 
     placement = place_scene(meshes, masks, SIZE, camera=camera)
-    fits = silhouette_fits(placement, masks)
+    fits = silhouette_fits([placement], masks)[0]
     assert np.allclose(fits, drawn(placement)) and (fits > 0.95).all()
     vertices, faces = meshes[2]
     off = place_scene([*meshes[:2], (vertices + [0.4, 0.0, 0.0], faces), meshes[3]], masks, SIZE, camera=camera)
-    moved = silhouette_fits(off, masks)
+    moved = silhouette_fits([off], masks)[0]
     assert moved[2] < fits[2] - 0.3 and np.allclose(np.delete(moved, 2), np.delete(fits, 2), atol=0.01)
     empty = place_scene([None, *meshes[1:]], masks, SIZE, camera=camera)
-    assert silhouette_fits(empty, masks)[0] == 0.0
+    assert silhouette_fits([empty], masks)[0][0] == 0.0

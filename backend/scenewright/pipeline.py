@@ -473,15 +473,17 @@ class ScenePipeline:
             for k, job in enumerate(pending):
                 report("place", k, len(views) + 1)
                 placements.append(job.result())
-        weight = self.options.consensus_fit_weight
-        fits = [float(np.mean(silhouette_fits(p, [i.mask for i in instances]))) for p in placements] if weight else None
-        kept = 0 if len(placements) == 1 else _consensus_index([_placed_boxes(p) for p in placements], fits, weight)
+        weight, instance_masks = self.options.consensus_fit_weight, [i.mask for i in instances]
+        kept = 0
+        if len(placements) > 1:
+            fits = [float(np.mean(f)) for f in silhouette_fits(placements, instance_masks)] if weight else None
+            kept = _consensus_index([_placed_boxes(p) for p in placements], fits, weight)
         report("place", len(views), len(views) + 1)  # the kept scene: its library shapes, its supported instances
         alternatives = self.library_alternatives(views[kept], settings)
         placement = (place(views[kept].meshes, alternatives=alternatives, first=placements[kept]) if any(alternatives)
                      else placements[kept])
         generated, camera, supports = _finish_placement(placement, instances, labels, refine)
-        for inst, colour in zip(generated, mask_colours(scene, [i.mask for i in instances])):
+        for inst, colour in zip(generated, mask_colours(scene, instance_masks)):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
         frame = {"name": "scene", "up": "+Z", "forward": "+Y", "right": "+X", "units": "m", "ground_z": 0.0,

@@ -460,15 +460,19 @@ class _PoseFit:
         return (self.vertices if x is None else self.moved(x, self.vertices), self.faces)
 
 
-def silhouette_fits(placement: Placement, masks: Sequence[np.ndarray]) -> np.ndarray:
-    """Per instance, the IoU of its silhouette through the placement's camera with its mask, silhouette pixels on
-    other instances' masks not counted (it may be hidden there), as `refine_poses` scores a pose; 0 where the
-    instance is empty. How well a placed scene explains the picture."""
+def silhouette_fits(placements: Sequence[Placement], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per placement of the same masks, per instance: the IoU of its silhouette through the placement's camera
+    with its mask, silhouette pixels on other instances' masks not counted (it may be hidden there), as
+    `refine_poses` scores a pose; 0 where the instance is empty. How well each placed scene explains the picture
+    (the masks' prefix sums are made once for all of them)."""
     all_masks = [np.asarray(m, bool) for m in masks]
-    meshes = [None if p is None else (p.world_vertices(), p.faces) for p in placement.instances]
     scorer = _SpanScorer(all_masks, other_masks(all_masks, all_masks))
-    ious = scorer.ious(silhouette_spans(meshes, Camera.from_dict(placement.camera)))
-    return np.where([m is None for m in meshes], 0.0, ious)
+    out = []
+    for placement in placements:
+        meshes = [None if p is None else (p.world_vertices(), p.faces) for p in placement.instances]
+        ious = scorer.ious(silhouette_spans(meshes, Camera.from_dict(placement.camera)))
+        out.append(np.where([m is None for m in meshes], 0.0, ious))
+    return out
 
 
 def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
