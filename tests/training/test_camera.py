@@ -45,9 +45,11 @@ def _write_shards(folder: Path, count: int, seed: int) -> np.ndarray:
 
 def test_the_camera_estimator_learns_pitch_and_fov(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    cameras = _write_shards(tmp_path / "data", 250, seed=0)
+    # two folders of shards, as the recipe's (the DiT's scenes and the pose head's); the last one's last are held out
+    cameras = np.concatenate([_write_shards(tmp_path / "data-a", 100, seed=0), _write_shards(tmp_path / "data-b", 150, seed=2)])
     cfg = CameraTrainConfig(steps=200, batch_size=32, lr=2e-3, holdout=50)
-    model = train_camera_estimator(tmp_path / "data", tmp_path / "camera", cfg, CameraEstimatorConfig(width=8, hidden=32))
+    model = train_camera_estimator([tmp_path / "data-a", tmp_path / "data-b"], tmp_path / "camera", cfg,
+                                   CameraEstimatorConfig(width=8, hidden=32))
 
     fit = json.loads((tmp_path / "camera" / "fit.json").read_text())
     held_out = cameras[-50:]

@@ -83,7 +83,8 @@ def test_recipe_runs_every_stage_and_the_export_generates(rendered, tmp_path, at
 
     assert ("camera_estimator" in index) == cfg.camera_estimator == (run / "camera" / "fit.json").is_file()
     if cfg.camera_estimator:
-        assert exported["camera"]["scenes"] + exported["camera"]["holdout"] == CASES
+        # every rendered scene: the DiT's and the pose head's
+        assert exported["camera"]["scenes"] + exported["camera"]["holdout"] == CASES + cfg.pose_head_scenes
 
     logged = [json.loads(line) for line in (run / "codec-dit" / "log.jsonl").read_text().splitlines()]
     assert logged and all(("loss_pose_head" in record) == (cfg.pose_head_weight > 0) for record in logged)

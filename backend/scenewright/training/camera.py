@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ class CameraTrainConfig(ConfigMixin):
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
+    warmup: int = 150  # linear learning-rate warmup: without it the loss sits at the constant guess's for 500-900 steps
     weight_decay: float = 0.05
     holdout: int = 100  # scenes kept out of training and scored at the end
     seed: int = 0
@@ -70,17 +72,20 @@ def mean_errors(model: CameraEstimator, scenes: torch.Tensor, cameras: np.ndarra
     return float(pitch), float(fov)
 
 
-def train_camera_estimator(data: Path, out: Path, cfg: CameraTrainConfig,
+def train_camera_estimator(data: Path | Sequence[Path], out: Path, cfg: CameraTrainConfig,
                            model_config: CameraEstimatorConfig | None = None) -> CameraEstimator:
-    """Train on the scene shards in `data`, checkpointing to `out` (resumed from there); returns the model."""
+    """Train on the scene shards of one folder or several (the held-out scenes are the last folder's last),
+    checkpointing to `out` (resumed from there); returns the model."""
     from ..loading import save_component
 
-    shards = D.load_shards(data, "scene", keys=("scene", "camera"))
-    scenes, cameras = torch.from_numpy(shards["scene"]), torch.from_numpy(shards["camera"])
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
+    shards = [D.load_shards(folder, "scene", keys=("scene", "camera")) for folder in folders]
+    scenes = torch.from_numpy(np.concatenate([s["scene"] for s in shards]))
+    cameras = torch.from_numpy(np.concatenate([s["camera"] for s in shards]))
     holdout = min(cfg.holdout, len(scenes) // 5)  # a fifth at most, for small runs
     train = len(scenes) - holdout
     if train <= 0:
-        raise SystemExit(f"camera estimator: no scenes in {data}")
+        raise SystemExit(f"camera estimator: no scenes in {', '.join(map(str, folders))}")
     torch.manual_seed(cfg.seed)
     model = CameraEstimator(model_config or CameraEstimatorConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -95,7 +100,7 @@ def train_camera_estimator(data: Path, out: Path, cfg: CameraTrainConfig,
         step = saved["step"]
     with open(out / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=step, desc="camera", unit="step") as bar:
         while step < cfg.steps:
-            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
+            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps)) * min(1.0, (step + 1) / (cfg.warmup + 1))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = torch.randint(0, train, (cfg.batch_size,), generator=generator)
