@@ -19,7 +19,7 @@ from PIL import Image
 from scenewright.masks import instances_from_seg
 from scenewright.pipeline import ScenePipeline
 from scenewright.protocol import GenerationSettings
-from scenewright.training.recipe import RecipeConfig, run_recipe
+from scenewright.training.recipe import RecipeConfig, run_recipe, saved_recipe
 
 from casemaker import write_case
 
@@ -236,3 +236,14 @@ def test_a_camera_prior_without_a_camera_estimate_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--camera-weight", "0.2"])
     assert "add --condition-extras on" in capsys.readouterr().err
+
+
+def test_a_recipe_saved_before_the_camera_settings_resumes_as_it_was_made(tmp_path):
+    old = RecipeConfig(seed=3).to_dict()
+    del old["camera_seed"], old["camera_warmup"]  # the camera estimator trained with the recipe's seed, no warmup
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    resumed = saved_recipe(tmp_path / "old.json")
+    assert (resumed.camera_seed, resumed.camera_warmup, resumed.seed) == (3, 0, 3)
+
+    (tmp_path / "new.json").write_text(json.dumps(RecipeConfig(seed=3, camera_seed=5).to_dict()))
+    assert saved_recipe(tmp_path / "new.json") == RecipeConfig(seed=3, camera_seed=5)

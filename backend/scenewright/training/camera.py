@@ -72,13 +72,12 @@ def mean_errors(model: CameraEstimator, scenes: torch.Tensor, cameras: np.ndarra
     return float(pitch), float(fov)
 
 
-def train_camera_estimator(data: Path | Sequence[Path], out: Path, cfg: CameraTrainConfig,
+def train_camera_estimator(folders: Sequence[Path], out: Path, cfg: CameraTrainConfig,
                            model_config: CameraEstimatorConfig | None = None) -> CameraEstimator:
-    """Train on the scene shards of one folder or several (the held-out scenes are the last folder's last),
-    checkpointing to `out` (resumed from there); returns the model."""
+    """Train on the scene shards of the folders (the held-out scenes are the last folder's last), checkpointing
+    to `out` (resumed from there); returns the model."""
     from ..loading import save_component
 
-    folders = [data] if isinstance(data, (str, Path)) else list(data)
     shards = [D.load_shards(folder, "scene", keys=("scene", "camera")) for folder in folders]
     scenes = torch.from_numpy(np.concatenate([s["scene"] for s in shards]))
     cameras = torch.from_numpy(np.concatenate([s["camera"] for s in shards]))

@@ -140,8 +140,15 @@ class RecipeConfig(ConfigMixin):
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
 # settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
 ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0, "shape_alternatives": 0, "mirrored_share": 0.0,
-               "consensus_fit_weight": 0.0, "camera_warmup": 0, "camera_seed": 0}
+               "consensus_fit_weight": 0.0, "camera_warmup": 0}
 LIBRARY_FILE = "library.json"
+
+
+def saved_recipe(path: Path) -> RecipeConfig:
+    """A run's recipe.json, the settings added since it was written filled in as the run was made."""
+    made = json.loads(path.read_text())
+    # before the camera estimator had its own seed it trained with the recipe's
+    return RecipeConfig.from_dict({**ADDED_LATER, "camera_seed": made.get("seed", 0), **made})
 
 
 def training_settings(cfg: RecipeConfig) -> dict[str, Any]:
@@ -453,7 +460,7 @@ def run_recipe(run: Path, cfg: RecipeConfig) -> int:
     run.mkdir(parents=True, exist_ok=True)
     saved = run / RECIPE_FILE
     if saved.exists():
-        previous = RecipeConfig.from_dict({**ADDED_LATER, **json.loads(saved.read_text())})
+        previous = saved_recipe(saved)
         if training_settings(previous) != training_settings(cfg):
             print(f"recipe: {saved} holds other training settings; resuming with those (choose a new --out to "
                   "change them)", file=sys.stderr)
