@@ -22,11 +22,11 @@ def run_train_step(run: Path, steps: int, warmup: int, threads: int, cpu_bf16: b
     """Time `steps` DiT training steps after `warmup` on RUN's data; nothing is written into RUN."""
     import torch
 
-    from ..training.recipe import RECIPE_FILE, RecipeConfig, dit_config
+    from ..training.recipe import RECIPE_FILE, RecipeConfig, dit_config, saved_recipe
     from ..training.train import build_trainer
 
     saved = run / RECIPE_FILE
-    recipe = RecipeConfig.from_dict(json.loads(saved.read_text())) if saved.exists() else RecipeConfig()
+    recipe = saved_recipe(saved) if saved.exists() else RecipeConfig()
     if cpu_bf16 is not None:
         recipe.cpu_bf16 = cpu_bf16
     previous = torch.get_num_threads()
