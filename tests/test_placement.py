@@ -18,6 +18,7 @@ from scenewright.placement import (
     camera_from_params,
     fit_depths,
     place_scene,
+    recede_supported,
     refine_poses,
     refine_supported,
     silhouette_fits,
@@ -522,6 +523,34 @@ def test_supported_instances_are_fitted_again_with_their_support_counting():
     assert bottom(refitted.instances[1]) == pytest.approx(bottom(placement.instances[1]), abs=1e-6)  # still on the top
     assert refitted.instances[0] is placement.instances[0]  # the table rests on the ground: not refitted
     assert refitted.instances[1].support == 1 and refitted.camera == placement.camera
+
+
+def test_props_recede_along_their_rays_keeping_their_pictures():
+    """Moved back along its camera rays by 2 % of its distance, a prop on a table keeps its silhouette, is 2 %
+    farther and larger, and sinks 2 % of its height below the camera into the table's top; a box on it keeps its
+    contact; the table, on the ground, stays."""
+    table, prop, stacked = _table((0.0, 3.0, 0.0)), _box((0.3, 0.3, 0.25), (0.1, 3.0, 0.75)), _box((0.1, 0.1, 0.1), (0.1, 3.0, 1.0))
+    camera = _true_camera()
+    seg = _seg([table, prop, stacked], camera)
+    placement = place_scene([table, prop, stacked], [seg == k for k in (1, 2, 3)], SIZE, camera=camera)
+    assert [p.support for p in placement.instances] == [None, 1, 2]
+    assert recede_supported(placement, 0.0) is placement
+    receded = recede_supported(placement, 0.02)
+    scene_camera = Camera.from_dict(placement.camera)
+    eye = scene_camera.matrix_world[:3, 3]
+    before, after = ([p.world_vertices() for p in pl.instances] for pl in (placement, receded))
+    centre = lambda v: (v.min(axis=0) + v.max(axis=0)) / 2.0
+    assert np.array_equal(after[0], before[0])
+    assert np.linalg.norm(centre(after[1])[:2] - eye[:2]) == pytest.approx(1.02 * np.linalg.norm(centre(before[1])[:2] - eye[:2]))
+    assert np.ptp(after[1], axis=0) == pytest.approx(1.02 * np.ptp(before[1], axis=0))
+    sink = before[1][:, 2].min() - after[1][:, 2].min()
+    assert sink == pytest.approx(0.02 * (eye[2] - before[1][:, 2].min()), rel=1e-4) and sink > 0.02
+    gap = lambda v: v[2][:, 2].min() - v[1][:, 2].max()
+    assert abs(gap(after)) <= 1.02 * abs(gap(before)) + 1e-6
+    faces = [p.faces for p in placement.instances]
+    drawn = [render_silhouettes([(v, f) for v, f in zip(vs, faces)], scene_camera) for vs in (before, after)]
+    assert (drawn[0][1] != drawn[1][1]).sum() <= 2 and drawn[0][1].sum() > 300  # the same picture
+    assert receded.camera == placement.camera and [p.support for p in receded.instances] == [None, 1, 2]
 
 
 def test_flat_tops_take_their_depth_from_the_pictures_shading():

@@ -96,6 +96,9 @@ class PipelineOptions(ConfigMixin):
     # the choice among the placed candidate scenes: the one agreeing most with the others plus this times its
     # mean silhouette fit to the masks (placement.silhouette_fits); 0: agreement alone
     consensus_fit_weight: float = 0.0
+    # the kept scene's instances resting on another moved back along their camera rays by this share of their
+    # distance, their pictures kept (placement.recede_supported; needs refine_poses); 0: as fitted
+    prop_recession: float = 0.0
 
 
 class MidiConditions:
@@ -482,7 +485,8 @@ class ScenePipeline:
         alternatives = self.library_alternatives(views[kept], settings)
         placement = (place(views[kept].meshes, alternatives=alternatives, first=placements[kept]) if any(alternatives)
                      else placements[kept])
-        generated, camera, supports = _finish_placement(placement, instances, labels, refine)
+        generated, camera, supports = _finish_placement(placement, instances, labels, refine,
+                                                        self.options.prop_recession)
         for inst, colour in zip(generated, mask_colours(scene, instance_masks)):
             inst.color = colour
         timings["place"] = time.perf_counter() - clock
@@ -620,13 +624,15 @@ def _place(
 
 
 def _finish_placement(placement: Placement, instances: Sequence[InstanceMask], labels: dict[int, str], refine: bool,
+                      prop_recession: float = 0.0,
                       ) -> tuple[list[GeneratedInstance], dict[str, Any] | None, dict[int, int | None]]:
-    """[Supported instances refitted] (only for the kept candidate: choosing among them does not need it, and it
-    costs about a quarter of a placement); instances without a surface stay empty and unplaced."""
-    from .placement import refine_supported
+    """[Supported instances refitted, then moved back along their rays by `prop_recession`] (only for the kept
+    candidate: choosing among them does not need it, and it costs about a quarter of a placement); instances
+    without a surface stay empty and unplaced."""
+    from .placement import recede_supported, refine_supported
 
     if refine:
-        placement = refine_supported(placement, [i.mask for i in instances])
+        placement = recede_supported(refine_supported(placement, [i.mask for i in instances]), prop_recession)
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     generated = [
         GeneratedInstance(i.id, labels.get(i.id), *empty) if placed is None

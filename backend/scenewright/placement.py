@@ -505,6 +505,26 @@ def refine_supported(placement: Placement, masks: Sequence[np.ndarray],
     return dataclasses.replace(placement, instances=instances)
 
 
+def recede_supported(placement: Placement, share: float) -> Placement:
+    """The instances resting on others moved back along their camera rays by `share` of their distance from the
+    camera: scaled about the camera centre, so each keeps its picture exactly, and a prop resting on a prop keeps
+    its contact with it; a prop sinks into a support standing on the ground by `share` of its height below the
+    camera.
+
+    Placed props sit nearer the camera than the ground truth, relative to their supports (a median 0.19-0.30 of
+    their depth on four splits), with their silhouettes on their masks: the tops they rest on come out a little
+    high (about 1 % of the camera's height with the true camera), and a camera ray that meets a top at a grazing
+    angle turns a small height error into a large one in depth (docs/results.md, "Props rest too near their
+    supports"). Instances on the ground stay. Returns a new Placement.
+    """
+    if share == 0.0:
+        return placement
+    eye = Camera.from_dict(placement.camera).matrix_world[:3, 3]
+    instances = [p if p is None or p.support is None else _with_vertices(p, eye + (p.world_vertices() - eye) * (1.0 + share))
+                 for p in placement.instances]
+    return dataclasses.replace(placement, instances=instances)
+
+
 def fit_depths(placement: Placement, masks: Sequence[np.ndarray], image: np.ndarray) -> Placement:
     """Depth against height of the instances on the ground, where the shape or the picture tells them apart.
 

@@ -126,6 +126,10 @@ class RecipeConfig(ConfigMixin):
     consensus_fit_weight: float = _setting(0.5, "how much a placed scene's silhouette fit to the masks counts "
                                                 "beside its agreement with the others when one is kept "
                                                 "(docs/results.md)")
+    prop_recession: float = _setting(0.01, "the kept scene's instances resting on another moved back along their "
+                                           "camera rays by this share of their distance, their pictures kept: "
+                                           "placed props sit too near their supports (chosen on the validation, "
+                                           "hard and sel4 splits, docs/results.md)")
     threads: int = _setting(2, "torch threads of the training and evaluation stages")
     cpu_bf16: bool = _setting(True, "the DiT stage's condition encoder in bf16 autocast on a CPU with native bf16 "
                                     "(AVX512-BF16 or AMX; elsewhere float32): a cheaper step (docs/performance.md)")
@@ -140,7 +144,7 @@ class RecipeConfig(ConfigMixin):
 OUTPUT_SETTINGS = ("export", "benchmark", "evaluate")
 # settings added after runs had started: a run whose recipe.json lacks one resumes as it was made
 ADDED_LATER = {"pose_head_scenes": 0, "library_objects": 0, "shape_alternatives": 0, "mirrored_share": 0.0,
-               "consensus_fit_weight": 0.0, "camera_warmup": 0}
+               "consensus_fit_weight": 0.0, "camera_warmup": 0, "prop_recession": 0.0}
 LIBRARY_FILE = "library.json"
 
 

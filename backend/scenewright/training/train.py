@@ -484,12 +484,13 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
         components["pose_head"] = _pose_head(components)
     cfg, step = _load_trained(stage_dir, components)
     steps, guidance, camera_prior_weight, candidates, alternatives = cfg.sample_steps, cfg.guidance_scale, 0.0, 1, 0
-    mirrored_share, fit_weight = 0.0, 0.0
+    mirrored_share, fit_weight, prop_recession = 0.0, 0.0, 0.0
     if recipe is not None:
         steps, guidance = recipe["sample_steps"], recipe["guidance_scale"]
         codec.config.level = recipe["mesh_level"]
         camera_prior_weight, candidates = recipe["camera_prior_weight"], recipe["candidates"]
         mirrored_share, fit_weight = recipe["mirrored_share"], recipe["consensus_fit_weight"]
+        prop_recession = recipe["prop_recession"]
         if codec.config.library_size:
             alternatives = recipe["shape_alternatives"]
     components["shape_codec"] = codec
@@ -501,7 +502,7 @@ def export_codec_model(run: str | Path, folder: str | Path, recipe: dict[str, An
                               max_faces=DEFAULT_MAX_FACES, attention=cfg.attention,
                               camera_prior_weight=camera_prior_weight, candidates=candidates,
                               shape_alternatives=alternatives, mirrored_share=mirrored_share,
-                              consensus_fit_weight=fit_weight)
+                              consensus_fit_weight=fit_weight, prop_recession=prop_recession)
     for name in ("transformer", "condition_encoder", "shape_codec", "pose_head"):
         if name in components:
             components[name].to(EXPORT_DTYPE)
